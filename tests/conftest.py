@@ -1,0 +1,28 @@
+"""Shared fixtures: seeded feature clouds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def gaussian_modes(
+    rng: np.random.Generator, counts: list[int], dim: int = 16, sep: float = 4.0, noise: float = 0.4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples from well-separated Gaussian modes along orthogonal axes; returns (x, mode)."""
+    xs, labels = [], []
+    for k, c in enumerate(counts):
+        centre = np.zeros(dim)
+        centre[k] = sep
+        xs.append(centre + noise * rng.normal(size=(c, dim)))
+        labels.append(np.full(c, k))
+    return np.concatenate(xs), np.concatenate(labels)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
