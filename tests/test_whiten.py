@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from tarot_select import TarotInputError, Whitener, WhiteningStats, whiten
+
+
+def correlated(rng, n=4000, d=12):
+    a = rng.normal(size=(d, d))
+    return rng.normal(size=(n, d)) @ a + rng.normal(size=d) * 3
+
+
+@pytest.mark.parametrize("method", ["cholesky", "zca"])
+def test_whitened_covariance_is_identity(rng, method):
+    x = correlated(rng)
+    w = Whitener(method, normalize=False, eps=1e-12, compute_dtype=np.float64).fit(x)
+    z = w.transform(x)
+    assert np.allclose(z.mean(0), 0, atol=1e-10)
+    cov = z.T @ z / len(z)
+    assert np.allclose(cov, np.eye(x.shape[1]), atol=1e-8)
+
+
+def test_cholesky_and_zca_share_the_gram_matrix(rng):
+    x = correlated(rng, n=500)
+    zc = Whitener("cholesky", normalize=False, eps=1e-12, compute_dtype=np.float64).fit(x).transform(x)
+    zz = Whitener("zca", normalize=False, eps=1e-12, compute_dtype=np.float64).fit(x).transform(x)
+    assert np.allclose(zc @ zc.T, zz @ zz.T, atol=1e-8)
+    assert not np.allclose(zc, zz, atol=1e-3)  # different coordinates, same geometry
+    # and after normalisation the WFD geometry agrees too
+    nc, nz = (
+        whiten(x[:300], x[300:], "cholesky", compute_dtype=np.float64),
+        whiten(x[:300], x[300:], "zca", compute_dtype=np.float64),
+    )
+    assert np.allclose(nc[0] @ nc[1].T, nz[0] @ nz[1].T, atol=1e-6)
+
+
+def test_zca_is_symmetric_and_normalised_rows_are_unit(rng):
+    x = correlated(rng, n=800)
+    w = Whitener("zca").fit(x)
+    assert np.allclose(w.matrix_, w.matrix_.T)
+    z = w.transform(x)
+    assert np.allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+
+
+def test_joint_fit_uses_candidates_and_targets(rng):
+    cand, targ = correlated(rng, n=300), correlated(rng, n=100) + 5
+    zc, zt = whiten(cand, targ, normalize=False, eps=1e-12, compute_dtype=np.float64)
+    joint = np.concatenate([zc, zt])
+    assert np.allclose(joint.T @ joint / len(joint), np.eye(cand.shape[1]), atol=1e-8)
+
+
+def test_streamed_statistics_equal_one_shot(rng):
+    x = correlated(rng, n=1000)
+    one = WhiteningStats(x.shape[1]).update(x)
+    a = WhiteningStats(x.shape[1]).update(x[:333], block_rows=50)
+    b = WhiteningStats(x.shape[1]).update(x[333:], block_rows=7)
+    a.merge(b)
+    assert a.n == one.n
+    assert np.allclose(a.covariance, np.cov(x.T, bias=True))
+    wa = Whitener("cholesky", compute_dtype=np.float64).fit_stats(a).transform(x)
+    wb = Whitener("cholesky", compute_dtype=np.float64).fit(x, block_rows=64).transform(x)
+    assert np.allclose(wa, wb, atol=1e-10)
+
+
+def test_stats_roundtrip(tmp_path, rng):
+    x = correlated(rng, n=100)
+    s = WhiteningStats(x.shape[1]).update(x)
+    s.save(tmp_path / "s.npz")
+    t = WhiteningStats.load(tmp_path / "s.npz")
+    assert t.n == s.n and np.array_equal(t.outer, s.outer)
+
+
+def test_ridge_is_relative_to_scale(rng):
+    x = correlated(rng, n=500)
+    w1 = Whitener(eps=1e-3).fit(x)
+    w2 = Whitener(eps=1e-3).fit(100 * x)
+    assert w2.ridge_ == pytest.approx(1e4 * w1.ridge_)
+    # scale-free: whitened unit features do not depend on the units of x
+    assert np.allclose(w1.transform(x), w2.transform(100 * x), atol=1e-4)
+
+
+def test_rank_deficient_features_stay_finite(rng):
+    x = rng.normal(size=(20, 50))  # fewer rows than dims
+    z = Whitener("cholesky", eps=1e-5).fit(x).transform(x)
+    assert np.isfinite(z).all()
+
+
+def test_none_and_no_norm_variants(rng):
+    x = correlated(rng, n=50)
+    assert np.allclose(Whitener("none", normalize=False).fit(x).transform(x), x, atol=1e-4)
+    z = Whitener("none", normalize=True).fit(x).transform(x)
+    assert np.allclose(z, x / np.linalg.norm(x, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_bad_input():
+    with pytest.raises(TarotInputError, match="unknown whitening"):
+        Whitener("pca")
+    with pytest.raises(TarotInputError, match="not fitted"):
+        Whitener().transform(np.ones((2, 2)))
+    with pytest.raises(TarotInputError, match="zero variance"):
+        Whitener().fit(np.ones((5, 3)))
+    w = Whitener().fit(np.random.default_rng(0).normal(size=(10, 3)))
+    with pytest.raises(TarotInputError, match="3 dims"):
+        w.transform(np.ones((2, 4)))
