@@ -1,0 +1,173 @@
+"""One entry point for every selection method: :func:`select`.
+
+It validates the input before any work, whitens candidates ∪ targets jointly (for
+TAROT/OTM and for the evaluation of every method), runs the method, optionally
+weights the result and measures its OT distance to the target, all in one
+:class:`~tarot_select.result.Selection`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from ._validate import check_pair, resolve_budget
+from .baselines import dsdm_scores, less_scores, random_selection, select_by_scores
+from .distance import OT_METHODS, OTMethod, ot_distance
+from .errors import TarotInputError
+from .result import Selection
+from .select import select_fixed_size, select_otm
+from .weight import optimal_weights, potential_counts
+from .whiten import WHITEN_METHODS, Whitener, WhitenMethod
+
+__all__ = ["select", "METHODS", "WEIGHTINGS"]
+
+log = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("tarot", "otm", "random", "dsdm", "less")
+WEIGHTINGS: tuple[str, ...] = ("potential", "optimal")
+
+
+def select(
+    method: str,
+    candidates: np.ndarray,
+    targets: np.ndarray,
+    *,
+    budget: int | None = None,
+    ratio: float | None = None,
+    whiten: WhitenMethod = "cholesky",
+    normalize: bool = True,
+    eps: float = 1e-5,
+    seed: int = 0,
+    weighting: Literal["potential", "optimal"] | None = None,
+    repeat: float = 1.0,
+    n_folds: int = 10,
+    patience: int = 1,
+    ot_method: OTMethod = "auto",
+    reg: float = 0.01,
+    target_groups: np.ndarray | None = None,
+    checkpoint_dims: Sequence[int] | None = None,
+    checkpoint_weights: Sequence[float] | None = None,
+    dsdm_ridge: float = 1e-4,
+    evaluate: bool = True,
+    progress: bool = False,
+) -> Selection:
+    """Select from ``candidates`` the data that best serves ``targets``.
+
+    Parameters
+    ----------
+    method : {"tarot", "otm", "random", "dsdm", "less"}
+        ``tarot`` is fixed-size OT selection, ``otm`` chooses its own size.
+    candidates : np.ndarray, shape (n, d)
+        Projected gradient features of the pool (may be memory-mapped).
+    targets : np.ndarray, shape (m, d)
+        Features of the target set, same projection.
+    budget, ratio
+        Exactly one for every method but ``otm`` (which takes neither).
+    whiten, normalize, eps
+        WFD settings (:class:`~tarot_select.whiten.Whitener`); used by ``tarot``/``otm``
+        and for the OT distance reported for every method.
+    seed : int
+        Seeds ``random`` and the OTM folds.
+    weighting : {"potential", "optimal"}, optional
+        Add weights to the selection (:mod:`tarot_select.weight`); ``repeat`` is the
+        repetition factor of potential weighting.
+    target_groups : np.ndarray, shape (m,), optional
+        Subtask label per target (``less``).
+    checkpoint_dims, checkpoint_weights
+        Feature blocks per checkpoint and their weights (``dsdm`` and ``less``).
+    evaluate : bool
+        Compute the OT distance of the selection to the target (whitened space).
+
+    Returns
+    -------
+    Selection
+    """
+    if method not in METHODS:
+        raise TarotInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if whiten not in WHITEN_METHODS:
+        raise TarotInputError(f"unknown whitening {whiten!r}; choose one of {', '.join(WHITEN_METHODS)}")
+    if weighting is not None and weighting not in WEIGHTINGS:
+        raise TarotInputError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if ot_method not in OT_METHODS:
+        raise TarotInputError(f"unknown OT method {ot_method!r}; choose one of {', '.join(OT_METHODS)}")
+    check_pair(candidates, targets)
+    n = candidates.shape[0]
+    if method == "otm":
+        if budget is not None or ratio is not None:
+            raise TarotInputError("otm chooses its own size: give neither budget nor ratio")
+    else:
+        budget = resolve_budget(n, budget, ratio)
+    if weighting == "potential" and not (np.isfinite(repeat) and repeat >= 1):
+        raise TarotInputError(f"repetition factor must be >= 1, got {repeat!r}")
+
+    timings: dict[str, float] = {}
+    needs_wfd = method in ("tarot", "otm") or evaluate or weighting is not None
+    cand_w = targ_w = None
+    whitener = Whitener(whiten, normalize=normalize, eps=eps)
+    if needs_wfd:
+        t0 = time.perf_counter()
+        cand_w, targ_w = whitener.fit_transform(candidates, targets)
+        timings["whiten"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if method == "tarot":
+        sel = select_fixed_size(cand_w, targ_w, budget, ot_method=ot_method, reg=reg, progress=progress)
+    elif method == "otm":
+        sel = select_otm(
+            cand_w,
+            targ_w,
+            n_folds=n_folds,
+            seed=seed,
+            patience=patience,
+            ot_method=ot_method,
+            reg=reg,
+            progress=progress,
+        )
+    elif method == "random":
+        sel = random_selection(n, budget, seed=seed)
+    elif method == "dsdm":
+        scores = dsdm_scores(candidates, targets, ridge=dsdm_ridge, checkpoint_dims=checkpoint_dims)
+        sel = select_by_scores("dsdm", scores, budget)
+    else:  # less
+        scores = less_scores(
+            candidates,
+            targets,
+            checkpoint_dims=checkpoint_dims,
+            checkpoint_weights=checkpoint_weights,
+            target_groups=target_groups,
+        )
+        sel = select_by_scores("less", scores, budget)
+    timings["select"] = time.perf_counter() - t0
+
+    weights = None
+    if weighting is not None:
+        t0 = time.perf_counter()
+        chosen = cand_w[sel.indices]
+        if weighting == "potential":
+            weights = potential_counts(chosen, targ_w, repeat=repeat, ot_method=ot_method, reg=reg)
+        else:
+            weights = optimal_weights(chosen, targ_w)
+        timings["weight"] = time.perf_counter() - t0
+
+    dist = None
+    if evaluate:
+        t0 = time.perf_counter()
+        dist = ot_distance(cand_w[sel.indices], targ_w, method=ot_method, reg=reg).value
+        timings["evaluate"] = time.perf_counter() - t0
+
+    info = dict(sel.info)
+    info["whitening"] = whitener.metadata() if needs_wfd else None
+    info["params"] = {"seed": seed, "ot_method": ot_method, "reg": reg, "repeat": repeat}
+    log.info("%s selected %d of %d candidates", method, sel.size, n)
+    return sel.with_updates(
+        weights=weights,
+        weighting=weighting,
+        ot_distance=dist,
+        timings={**timings, **{f"{method}.{k}": v for k, v in sel.timings.items()}},
+        info=info,
+    )

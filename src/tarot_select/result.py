@@ -1,0 +1,106 @@
+"""The one result type every selection method returns."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_path, library_versions, sidecar_path, write_json_atomic
+
+__all__ = ["Selection"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A selected subset of the candidate pool.
+
+    Attributes
+    ----------
+    indices : np.ndarray, shape (s,), int64
+        Unique candidate indices, in the order the method picked them.
+    method : str
+        ``tarot``, ``otm``, ``random``, ``dsdm``, ``less``, ...
+    n_candidates : int
+        Size of the pool the indices refer to.
+    budget : int or None
+        The requested size (None for OTM, which chooses its own size).
+    weights : np.ndarray, shape (s,), or None
+        Per-sample weights: integer repeat counts (OT-potential weighting), mass shares
+        (OT-optimal weights) or None for uniform.
+    weighting : str or None
+        How ``weights`` were made (``"potential"``, ``"optimal"`` or None).
+    ot_distance : float or None
+        OT distance of the (uniformly weighted) selection to the target, if evaluated.
+    ot_trace : tuple of float
+        OT distances the method monitored while growing the selection (OTM: per step,
+        concatenated over folds; see ``info``).
+    chosen_ratio : float or None
+        For OTM: ``len(indices) / n_candidates``, the ratio it chose.
+    timings : mapping of str to float
+        Seconds per stage.
+    info : mapping
+        Method-specific details (parameters, per-fold traces, rounds, ...).
+    """
+
+    indices: np.ndarray
+    method: str
+    n_candidates: int
+    budget: int | None = None
+    weights: np.ndarray | None = None
+    weighting: str | None = None
+    ot_distance: float | None = None
+    ot_trace: tuple[float, ...] = ()
+    chosen_ratio: float | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Number of selected samples."""
+        return int(len(self.indices))
+
+    @property
+    def ratio(self) -> float:
+        """Selected fraction of the pool."""
+        return self.size / self.n_candidates
+
+    def with_updates(self, **changes: Any) -> "Selection":
+        """A copy with some fields replaced."""
+        return replace(self, **changes)
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the arrays, for a JSON sidecar."""
+        return {
+            "method": self.method,
+            "n_candidates": self.n_candidates,
+            "budget": self.budget,
+            "size": self.size,
+            "ratio": self.ratio,
+            "weighting": self.weighting,
+            "ot_distance": self.ot_distance,
+            "ot_trace": list(self.ot_trace),
+            "chosen_ratio": self.chosen_ratio,
+            "timings": dict(self.timings),
+            "info": dict(self.info),
+            "versions": library_versions(),
+        }
+
+    def to_csv(self, path: str | os.PathLike[str], extra_meta: Mapping[str, Any] | None = None) -> Path:
+        """Write ``index,weight`` rows (weight 1 when unweighted) and a JSON sidecar, atomically."""
+        weights = np.ones(self.size) if self.weights is None else np.asarray(self.weights)
+        is_int = np.issubdtype(weights.dtype, np.integer)
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("index,weight\n")
+                for i, w in zip(self.indices.tolist(), weights.tolist()):
+                    fh.write(f"{i},{w}\n" if is_int else f"{i},{w:.10g}\n")
+        meta = self.metadata()
+        if extra_meta:
+            meta.update(extra_meta)
+        write_json_atomic(sidecar_path(path), meta)
+        return Path(path)
