@@ -127,3 +127,15 @@ def test_select_bad_input(rng):
         select("otm", cand, targ, budget=3)
     with pytest.raises(TarotInputError, match="exactly one of budget or ratio"):
         select("dsdm", cand, targ)
+
+
+def test_precomputed_wfd_features_give_the_same_selection(rng):
+    from tarot_select import Whitener
+
+    cand, targ = rng.normal(size=(300, 12)), rng.normal(size=(40, 12))
+    w = Whitener("zca").fit(cand, targ)
+    a = select("tarot", cand, targ, budget=30, whiten="zca")
+    b = select("tarot", cand, targ, budget=30, wfd_features=(w.transform(cand), w.transform(targ)))
+    assert np.array_equal(a.indices, b.indices) and a.ot_distance == pytest.approx(b.ot_distance)
+    with pytest.raises(TarotInputError, match="WFD features have 299 candidates"):
+        select("tarot", cand, targ, budget=30, wfd_features=(w.transform(cand[1:]), w.transform(targ)))

@@ -53,6 +53,7 @@ def select(
     checkpoint_dims: Sequence[int] | None = None,
     checkpoint_weights: Sequence[float] | None = None,
     dsdm_ridge: float = 1e-4,
+    wfd_features: tuple[np.ndarray, np.ndarray] | None = None,
     evaluate: bool = True,
     progress: bool = False,
 ) -> Selection:
@@ -80,6 +81,11 @@ def select(
         Subtask label per target (``less``).
     checkpoint_dims, checkpoint_weights
         Feature blocks per checkpoint and their weights (``dsdm`` and ``less``).
+    wfd_features : (np.ndarray, np.ndarray), optional
+        Precomputed WFD features (whitened, normalised) of candidates and targets, e.g.
+        from the workflow's whitening stage. When given, ``whiten``/``normalize``/``eps``
+        are not used and these drive ``tarot``/``otm``, weighting and evaluation, while
+        ``candidates``/``targets`` still feed ``dsdm`` and ``less``.
     evaluate : bool
         Compute the OT distance of the selection to the target (whitened space).
 
@@ -109,7 +115,15 @@ def select(
     needs_wfd = method in ("tarot", "otm") or evaluate or weighting is not None
     cand_w = targ_w = None
     whitener = Whitener(whiten, normalize=normalize, eps=eps)
-    if needs_wfd:
+    if wfd_features is not None:
+        cand_w, targ_w = wfd_features
+        if cand_w.shape[0] != n or targ_w.shape[0] != targets.shape[0]:
+            raise TarotInputError(
+                f"WFD features have {cand_w.shape[0]} candidates and {targ_w.shape[0]} targets; "
+                f"expected {n} and {targets.shape[0]}"
+            )
+        check_pair(cand_w, targ_w)
+    elif needs_wfd:
         t0 = time.perf_counter()
         cand_w, targ_w = whitener.fit_transform(candidates, targets)
         timings["whiten"] = time.perf_counter() - t0
@@ -161,7 +175,7 @@ def select(
         timings["evaluate"] = time.perf_counter() - t0
 
     info = dict(sel.info)
-    info["whitening"] = whitener.metadata() if needs_wfd else None
+    info["whitening"] = "precomputed" if wfd_features is not None else (whitener.metadata() if needs_wfd else None)
     info["params"] = {"seed": seed, "ot_method": ot_method, "reg": reg, "repeat": repeat}
     log.info("%s selected %d of %d candidates", method, sel.size, n)
     return sel.with_updates(

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import ot
 import torch
 
 from ._validate import check_masses
@@ -128,6 +127,8 @@ def ot_distance(
     -------
     OTResult
     """
+    import ot  # POT takes ~1 s to import; training-only jobs never need it
+
     if method not in OT_METHODS:
         raise TarotInputError(f"unknown OT method {method!r}; choose one of {', '.join(OT_METHODS)}")
     n, m = source.shape[0], target.shape[0]
