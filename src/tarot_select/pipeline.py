@@ -1,0 +1,345 @@
+"""Stage functions behind the Snakemake rules (the scripts only unpack ``snakemake.*``).
+
+Every stage reads its inputs, calls the library and writes its outputs atomically, so
+a job killed half way leaves nothing a rerun would trust. Directory outputs are built
+in a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .api import select
+from .errors import TarotInputError
+from .featurize import Checkpoint, GradientFeaturizer
+from .gradients import AdamPreconditioner, select_parameters
+from .io import atomic_path, load_features, save_features, write_json_atomic
+from .result import Selection
+from .tasks import Task, get_task
+from .whiten import Whitener
+
+__all__ = [
+    "load_task",
+    "prepare_data",
+    "train_proxy",
+    "dump_gradients",
+    "whiten_features",
+    "make_selection",
+    "train_downstream",
+    "evaluate_model",
+    "selection_name",
+    "parse_selection",
+    "setup_stage",
+    "stage",
+]
+
+log = logging.getLogger(__name__)
+
+#: Feature files a selection reads (keys of the select rule's input).
+FEATURE_KEYS: tuple[str, ...] = ("candidates", "targets", "candidates_adam", "wfd_candidates", "wfd_targets")
+
+#: Reference "selections" that are not chosen by a method.
+REFERENCES: tuple[str, ...] = ("full", "target_only")
+
+
+# ---------------------------------------------------------------- naming
+def ratio_token(ratio: float) -> str:
+    """``0.05`` -> ``"0.05"`` (shortest exact decimal form), for file names."""
+    return f"{float(ratio):g}"
+
+
+def selection_name(method: str, ratio: float | None = None) -> str:
+    """File stem of a selection: ``tarot.r0.05``, ``otm``, ``full``, ``target_only``."""
+    return method if ratio is None else f"{method}.r{ratio_token(ratio)}"
+
+
+def parse_selection(name: str) -> tuple[str, float | None]:
+    """Inverse of :func:`selection_name`."""
+    if ".r" in name:
+        method, _, ratio = name.partition(".r")
+        return method, float(ratio)
+    return name, None
+
+
+def ratio_label(method: str, ratio: float | None) -> str:
+    """Column label in tables: ``5%``, ``OTM``, ``full``, ``target``."""
+    if method == "otm":
+        return "OTM"
+    if method == "full":
+        return "full"
+    if method == "target_only":
+        return "target"
+    return f"{100 * float(ratio):g}%"
+
+
+# ---------------------------------------------------------------- set-up
+def setup_stage(log_path: str | os.PathLike[str] | None, threads: int = 1) -> None:
+    """Send logging (and warnings) of this job to its log file and cap torch threads."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers = [logging.FileHandler(log_path, mode="w")]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+    logging.captureWarnings(True)
+    torch.set_num_threads(max(1, int(threads)))
+
+
+@contextlib.contextmanager
+def stage(log_path: str | os.PathLike[str] | None, threads: int = 1) -> Iterator[None]:
+    """Run a job body with logging set up; an exception is logged (with traceback) and re-raised."""
+    setup_stage(log_path, threads)
+    t0 = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        log.exception("stage failed after %.1f s", time.perf_counter() - t0)
+        raise
+    log.info("stage done in %.1f s", time.perf_counter() - t0)
+
+
+def load_task(config: Mapping[str, Any], task: str) -> Task:
+    """Build task ``task`` from the workflow config."""
+    tasks = config.get("tasks", {})
+    if task not in tasks:
+        raise TarotInputError(f"task {task!r} is not in the config (tasks: {', '.join(tasks)})")
+    block = tasks[task]
+    return get_task(block["kind"], block, seed=int(config.get("seed", 0)))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` when the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- stages
+def prepare_data(task: Task, out_dir: str | os.PathLike[str]) -> None:
+    """Materialise the task's splits into ``out_dir``."""
+    task.check()
+    with atomic_dir(out_dir) as tmp:
+        task.prepare(tmp)
+
+
+def train_proxy(task: Task, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+    """Train the proxy and write its checkpoints plus ``checkpoints.json`` into ``out_dir``."""
+    data = task.load(Path(data_dir))
+    t0 = time.perf_counter()
+    with atomic_dir(out_dir) as tmp:
+        ckpts = task.train_proxy(data, tmp)
+        manifest = [
+            {"file": Path(c.path).name, "lr": float(c.lr), "epoch": int(c.epoch), **dict(c.extra)} for c in ckpts
+        ]
+        write_json_atomic(tmp / "checkpoints.json", {"task": task.name, "checkpoints": manifest})
+    log.info("trained proxy with %d checkpoints in %.1f s", len(manifest), time.perf_counter() - t0)
+
+
+def dump_gradients(
+    task: Task,
+    data_dir: str | os.PathLike[str],
+    proxy_dir: str | os.PathLike[str],
+    split: str,
+    out_path: str | os.PathLike[str],
+    features: Mapping[str, Any],
+    adam: bool = False,
+    device: str = "cpu",
+) -> None:
+    """Projected per-sample gradient features of one split at every proxy checkpoint.
+
+    ``adam=True`` preconditions with each checkpoint's Adam state (LESS training features).
+    """
+    data = task.load(Path(data_dir))
+    dataset = data.split(split)
+    manifest = json.loads((Path(proxy_dir) / "checkpoints.json").read_text())
+    model = task.proxy_model()
+    param_names = select_parameters(model, features.get("params"))
+    ckpts = []
+    for entry in manifest["checkpoints"]:
+        blob = torch.load(Path(proxy_dir) / entry["file"], map_location="cpu", weights_only=True)
+        pre = None
+        if adam:
+            pre = AdamPreconditioner.from_optimizer_state(blob["optimizer"], model, param_names)
+        ckpts.append(
+            Checkpoint(state_dict=blob["model"], weight=float(entry["lr"]), name=entry["file"], preconditioner=pre)
+        )
+    featurizer = GradientFeaturizer(
+        model,
+        task.loss_fn,
+        proj_dim=int(features["proj_dim"]),
+        proj_kind=features.get("proj_kind", "rademacher"),
+        seed=int(features.get("seed", 0)),
+        params=features.get("params"),
+        mode=features.get("mode", "vmap"),
+        device=resolve_device(device),
+    )
+    batch_size = int(features.get("batch_size", 64))
+    featurizer.featurize_to_file(
+        out_path,
+        lambda: task.gradient_batches(dataset, batch_size),
+        len(dataset),
+        ckpts,
+        dtype=features.get("dtype", "float32"),
+        extra_meta={"task": task.name, "split": split, "adam_preconditioned": bool(adam)},
+        progress=False,
+    )
+    log.info("wrote %s features of %d samples to %s", split, len(dataset), out_path)
+
+
+def whiten_features(
+    candidates: str | os.PathLike[str],
+    targets: str | os.PathLike[str],
+    out_candidates: str | os.PathLike[str],
+    out_targets: str | os.PathLike[str],
+    method: str = "cholesky",
+    normalize: bool = True,
+    eps: float = 1e-5,
+) -> None:
+    """Fit the whitening on candidates ∪ targets and write both WFD feature files."""
+    cand, targ = load_features(candidates), load_features(targets)
+    w = Whitener(method, normalize=normalize, eps=eps).fit(cand.array, targ.array)
+    for src, fs, dst in ((candidates, cand, out_candidates), (targets, targ, out_targets)):
+        meta = {"source": str(src), "whitening": w.metadata(), "made_from": fs.meta}
+        save_features(dst, w.transform(fs.array), meta)
+
+
+def make_selection(
+    method: str,
+    ratio: float | None,
+    features: Mapping[str, str],
+    out_csv: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    target_groups: np.ndarray | None = None,
+) -> Selection:
+    """Run one selection and write ``index,weight`` CSV + sidecar.
+
+    ``features`` maps ``candidates``, ``targets``, ``candidates_adam``, ``wfd_candidates``,
+    ``wfd_targets`` to files. ``method`` may also be ``full`` / ``target_only`` (all
+    candidates / all targets) or ``tarot_weighted`` (TAROT + OT-potential weights).
+    """
+    cand = load_features(features["candidates"])
+    targ = load_features(features["targets"])
+    n = cand.array.shape[0]
+    meta: dict[str, Any] = {"split": "candidates", "ratio_label": ratio_label(method, ratio), "requested_ratio": ratio}
+    if method in REFERENCES:
+        if method == "full":
+            sel = Selection(indices=np.arange(n, dtype=np.int64), method="full", n_candidates=n, budget=n)
+        else:
+            m = targ.array.shape[0]
+            sel = Selection(indices=np.arange(m, dtype=np.int64), method="target_only", n_candidates=n, budget=m)
+            meta["split"] = "targets"
+        sel.to_csv(out_csv, extra_meta=meta)
+        return sel
+    wfd = (load_features(features["wfd_candidates"]).array, load_features(features["wfd_targets"]).array)
+    base = "tarot" if method == "tarot_weighted" else method
+    raw_cand = load_features(features["candidates_adam"]) if base == "less" else cand
+    sel = select(
+        base,
+        raw_cand.array,
+        targ.array,
+        ratio=ratio if base != "otm" else None,
+        seed=int(settings.get("seed", 0)),
+        weighting="potential" if method == "tarot_weighted" else None,
+        repeat=float(settings.get("repeat", 1.0)),
+        n_folds=int(settings.get("folds", 10)),
+        patience=int(settings.get("patience", 1)),
+        ot_method=settings.get("ot_method", "auto"),
+        reg=float(settings.get("reg", 0.01)),
+        target_groups=target_groups if base == "less" else None,
+        checkpoint_dims=raw_cand.checkpoint_dims,
+        checkpoint_weights=raw_cand.checkpoint_weights,
+        wfd_features=wfd,
+    )
+    sel = sel.with_updates(method=method)
+    sel.to_csv(out_csv, extra_meta=meta)
+    return sel
+
+
+def read_selection(csv_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Indices, weights and sidecar of a selection CSV."""
+    table = np.loadtxt(csv_path, delimiter=",", skiprows=1, ndmin=2)
+    meta = json.loads(Path(csv_path).with_suffix(".json").read_text())
+    indices = table[:, 0].astype(np.int64)
+    weights = table[:, 1]
+    if meta.get("weighting") == "potential":
+        weights = weights.astype(np.int64)
+    return indices, weights, meta
+
+
+def train_downstream(
+    task: Task,
+    data_dir: str | os.PathLike[str],
+    selection_csv: str | os.PathLike[str],
+    seed: int,
+    out_model: str | os.PathLike[str],
+) -> None:
+    """Train the downstream model from scratch on a selection and save its state."""
+    data = task.load(Path(data_dir))
+    indices, weights, meta = read_selection(selection_csv)
+    t0 = time.perf_counter()
+    state = task.train_downstream(
+        data, meta["split"], indices, weights if meta.get("weighting") else None, seed=int(seed)
+    )
+    with atomic_path(out_model) as tmp:
+        torch.save({"state": state, "selection": str(selection_csv), "seed": int(seed)}, tmp)
+    log.info("trained downstream on %d samples (seed %d) in %.1f s", len(indices), seed, time.perf_counter() - t0)
+
+
+def evaluate_model(
+    task: Task,
+    data_dir: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    selection_csv: str | os.PathLike[str],
+    seed: int,
+    out_json: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """Evaluate a downstream model and write a run record for the tables."""
+    data = task.load(Path(data_dir))
+    blob = torch.load(model_path, map_location="cpu", weights_only=True)
+    metrics = task.evaluate(data, blob["state"])
+    _, _, meta = read_selection(selection_csv)
+    method = meta["method"]
+    record = {
+        "task": task.name,
+        "method": method,
+        "selection": Path(selection_csv).stem,
+        "ratio": None if method == "target_only" else meta["ratio"],
+        "ratio_label": meta["ratio_label"],
+        "seed": int(seed),
+        "metric": task.metric,
+        "metrics": metrics,
+        "size": meta["size"],
+        "ot_distance": meta.get("ot_distance"),
+    }
+    write_json_atomic(out_json, record)
+    return record
