@@ -1,0 +1,29 @@
+# TAROT: targeted data selection by optimal transport.
+# proxy training -> gradient dumping -> whitening -> selection -> downstream
+# retraining -> evaluation -> tables and figures, for every task in the config.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The default config, unless one is given with --configfile (which would otherwise be
+# merged into the default, so a config for another task would still run digits).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/proxy.smk"
+include: "workflow/rules/gradients.smk"
+include: "workflow/rules/whiten.smk"
+include: "workflow/rules/select.smk"
+include: "workflow/rules/downstream.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs,

@@ -1,0 +1,224 @@
+"""The Snakemake workflow: dry run, lint, config errors before any job, envs, and a tiny real run."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def smk(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(tmp_path: Path, **changes) -> Path:
+    cfg = yaml.safe_load(TINY.read_text())
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    cfg["results"] = str(tmp_path / "results")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_dry_run_of_the_default_config(tmp_path):
+    res = smk("-n", "--quiet", "rules", "--config", f"results={tmp_path}/results")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for rule in ("prepare_data", "train_proxy", "dump_gradients", "whiten", "select", "train_downstream", "evaluate"):
+        assert re.search(rf"^{rule}\s+\d+", res.stdout + res.stderr, re.M), rule
+
+
+def test_lint():
+    res = smk("--lint")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_snakefmt_formatted():
+    snakefmt = shutil.which("snakefmt")
+    if snakefmt is None:
+        pytest.skip("snakefmt not installed")
+    res = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"ratioz": [0.1]}, "ratioz"),
+        ({"tasks.digits.per_sauce": 3}, "per_sauce"),
+        ({"ratios": [0.0, 0.1]}, "ratios"),
+        ({"ratios": [1.5]}, "ratios"),
+        ({"methods": ["tarot", "best"]}, "methods"),
+        ({"tasks.digits.kind": "cifar100"}, "kind"),
+        ({"tasks.digits.target_styles": ["sepia"]}, "target_styles"),
+        ({"report.tsne_ratio": 0.3}, "report.tsne_ratio"),
+        ({"tasks.digits.n_targets": 5000}, "tasks.digits"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, changes, message):
+    cfg = write_config(tmp_path, **changes)
+    res = smk("--cores", "1", "--configfile", str(cfg))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert message in out, out[-2000:]
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+# ------------------------------------------------------------------ envs
+THIRD_PARTY_TO_CONDA = {"sklearn": "scikit-learn", "ot": "pot", "torch": "pytorch", "yaml": "pyyaml"}
+STDLIB = set(sys.stdlib_module_names)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            base = ".".join(path.relative_to(ROOT / "src").with_suffix("").parts[: -node.level])
+            mod = f"{base}.{node.module}" if node.module else base
+            names.add(mod)
+            names |= {f"{mod}.{a.name}" for a in node.names}
+    return names
+
+
+def _third_party_of(script: Path) -> set[str]:
+    """Top-level third-party modules a script imports, directly or through tarot_select."""
+    seen, todo, found = set(), [script], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top == "tarot_select":
+                rel = Path("src", *name.split("."))
+                for cand in (ROOT / rel.with_suffix(".py"), ROOT / rel / "__init__.py"):
+                    if cand.exists():
+                        todo.append(cand)
+                # importing a submodule runs its package's __init__ too
+                parts = name.split(".")
+                for i in range(1, len(parts)):
+                    init = ROOT / Path("src", *parts[:i]) / "__init__.py"
+                    if init.exists():
+                        todo.append(init)
+            elif top not in STDLIB and top != "snakemake" and top != "__future__":
+                found.add(top)
+    return found
+
+
+def _rules():
+    for smk_file in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        text = smk_file.read_text()
+        for block in re.split(r"^rule ", text, flags=re.M)[1:]:
+            name = block.split(":")[0]
+            conda = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
+            script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
+            yield name, smk_file, conda, script
+
+
+def test_every_rule_declares_its_env_and_the_env_names_what_its_script_imports():
+    rules = list(_rules())
+    assert len(rules) >= 9
+    for name, smk_file, conda, script in rules:
+        assert conda and script, f"rule {name} lacks conda: or script:"
+        env_path = (smk_file.parent / conda.group(1)).resolve()
+        env = yaml.safe_load(env_path.read_text())
+        deps = {re.split(r"[=<> ]", d)[0] for d in env["dependencies"] if isinstance(d, str)}
+        assert "python" in deps and "pip" in deps
+        needed = _third_party_of((smk_file.parent / script.group(1)).resolve())
+        assert "numpy" in needed  # the walk really reaches the library
+        missing = {THIRD_PARTY_TO_CONDA.get(m, m) for m in needed} - deps
+        assert not missing, f"{env_path.name} (rule {name}) lacks {sorted(missing)}"
+
+
+# ------------------------------------------------------------------ a real run
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    cfg = write_config(tmp)
+    res = smk("--cores", "2", "--configfile", str(cfg), cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-5000:]
+    return tmp, cfg
+
+
+@pytest.mark.xdist_group("tiny")
+def test_tiny_pipeline_tables_and_figures(tiny_run):
+    tmp, _ = tiny_run
+    results = tmp / "results"
+    table = (results / "tables" / "digits.csv").read_text().splitlines()
+    header = table[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in table[1:]]
+    methods = {r["method"] for r in rows}
+    assert {"random", "dsdm", "less", "tarot", "tarot_weighted", "otm", "full", "target_only"} <= methods
+    for r in rows:
+        assert math.isfinite(float(r["mean"])) and 0.0 <= float(r["mean"]) <= 1.0
+    md = (results / "tables" / "digits.md").read_text()
+    assert "**" in md and "OTM" in md
+    for fig in ("digits_metric_vs_ratio.png", "digits_tsne.png"):
+        assert (results / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every selection has exactly the budgeted size, and the sidecar says how it was made
+    for ratio in (0.1, 0.5):
+        sel = results / "digits" / "selections" / f"tarot.r{ratio:g}.csv"
+        idx = np.loadtxt(sel, delimiter=",", skiprows=1, ndmin=2)[:, 0]
+        assert len(np.unique(idx)) == len(idx) == round(ratio * 160)
+        meta = json.loads(sel.with_suffix(".json").read_text())
+        assert meta["method"] == "tarot" and meta["ot_distance"] > 0
+    feats = json.loads((results / "digits" / "features" / "candidates.json").read_text())
+    assert feats["shape"] == [160, 64] and len(feats["checkpoints"]) == 2
+
+
+@pytest.mark.xdist_group("tiny")
+def test_rerun_redoes_only_what_is_missing(tiny_run):
+    tmp, cfg = tiny_run
+    res = smk("-n", "--configfile", str(cfg))
+    assert "Nothing to be done" in res.stdout + res.stderr
+    # a run interrupted before its end: one evaluation and the reports never written
+    results = tmp / "results"
+    (results / "digits" / "metrics" / "tarot.r0.1" / "seed0.json").unlink()
+    for path in [*(results / "tables").iterdir(), *(results / "figures").iterdir()]:
+        path.unlink()
+    res = smk("-n", "--quiet", "rules", "--configfile", str(cfg))
+    out = res.stdout + res.stderr
+    assert re.search(r"^evaluate\s+1$", out, re.M), out
+    assert re.search(r"^table\s+1$", out, re.M), out
+    for rule in ("train_downstream", "select", "dump_gradients", "train_proxy"):
+        assert not re.search(rf"^{rule}\s", out, re.M), out
+    res = smk("--cores", "2", "--configfile", str(cfg))
+    assert res.returncode == 0 and (results / "tables" / "digits.csv").exists()
+
+
+@pytest.mark.xdist_group("tiny")
+def test_same_config_gives_byte_identical_selections(tiny_run, tmp_path):
+    tmp, _ = tiny_run
+    cfg = write_config(tmp_path)
+    names = ["tarot.r0.1", "dsdm.r0.5", "less.r0.1", "otm", "random.r0.5", "tarot_weighted.r0.1"]
+    targets = [str(tmp_path / "results" / "digits" / "selections" / f"{n}.csv") for n in names]
+    res = smk(*targets, "--cores", "2", "--configfile", str(cfg))
+    assert res.returncode == 0, res.stderr[-3000:]
+    for n in names:
+        a = (tmp / "results" / "digits" / "selections" / f"{n}.csv").read_bytes()
+        b = (tmp_path / "results" / "digits" / "selections" / f"{n}.csv").read_bytes()
+        assert a == b, n

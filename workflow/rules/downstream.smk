@@ -1,0 +1,39 @@
+rule train_downstream:
+    input:
+        data=f"{RESULTS}/{{task}}/data",
+        selection=f"{RESULTS}/{{task}}/selections/{{selection}}.csv",
+    output:
+        model=f"{RESULTS}/{{task}}/models/{{selection}}/seed{{seed}}.pt",
+    log:
+        f"{RESULTS}/{{task}}/logs/train_downstream_{{selection}}_seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/{{task}}/benchmarks/train_downstream_{{selection}}_seed{{seed}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: res("train_downstream", "threads")
+    resources:
+        mem_mb=res("train_downstream", "mem_mb"),
+        runtime=res("train_downstream", "runtime"),
+    script:
+        "../scripts/train_downstream.py"
+
+
+rule evaluate:
+    input:
+        data=f"{RESULTS}/{{task}}/data",
+        model=f"{RESULTS}/{{task}}/models/{{selection}}/seed{{seed}}.pt",
+        selection=f"{RESULTS}/{{task}}/selections/{{selection}}.csv",
+    output:
+        record=f"{RESULTS}/{{task}}/metrics/{{selection}}/seed{{seed}}.json",
+    log:
+        f"{RESULTS}/{{task}}/logs/evaluate_{{selection}}_seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/{{task}}/benchmarks/evaluate_{{selection}}_seed{{seed}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: res("evaluate", "threads")
+    resources:
+        mem_mb=res("evaluate", "mem_mb"),
+        runtime=res("evaluate", "runtime"),
+    script:
+        "../scripts/evaluate.py"

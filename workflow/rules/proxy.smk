@@ -1,0 +1,17 @@
+rule train_proxy:
+    input:
+        data=f"{RESULTS}/{{task}}/data",
+    output:
+        directory(f"{RESULTS}/{{task}}/proxy"),
+    log:
+        f"{RESULTS}/{{task}}/logs/train_proxy.log",
+    benchmark:
+        f"{RESULTS}/{{task}}/benchmarks/train_proxy.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: res("train_proxy", "threads")
+    resources:
+        mem_mb=res("train_proxy", "mem_mb"),
+        runtime=res("train_proxy", "runtime"),
+    script:
+        "../scripts/train_proxy.py"

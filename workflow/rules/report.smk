@@ -1,0 +1,74 @@
+rule table:
+    input:
+        records=run_records,
+        otm=(
+            f"{RESULTS}/{{task}}/selections/otm.json"
+            if config["otm"]["enabled"]
+            else []
+        ),
+    output:
+        csv=f"{RESULTS}/tables/{{task}}.csv",
+        md=f"{RESULTS}/tables/{{task}}.md",
+    log:
+        f"{RESULTS}/{{task}}/logs/table.log",
+    benchmark:
+        f"{RESULTS}/{{task}}/benchmarks/table.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: res("table", "threads")
+    resources:
+        mem_mb=res("table", "mem_mb"),
+        runtime=res("table", "runtime"),
+    script:
+        "../scripts/table.py"
+
+
+rule figure_metric_vs_ratio:
+    input:
+        records=run_records,
+    output:
+        report(
+            f"{RESULTS}/figures/{{task}}_metric_vs_ratio.png",
+            caption="../report/metric_vs_ratio.rst",
+            category="Downstream performance",
+        ),
+    log:
+        f"{RESULTS}/{{task}}/logs/figure_metric_vs_ratio.log",
+    benchmark:
+        f"{RESULTS}/{{task}}/benchmarks/figure_metric_vs_ratio.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: res("figures", "threads")
+    resources:
+        mem_mb=res("figures", "mem_mb"),
+        runtime=res("figures", "runtime"),
+    script:
+        "../scripts/figure_metric_vs_ratio.py"
+
+
+rule figure_tsne:
+    input:
+        candidates=f"{RESULTS}/{{task}}/features/wfd_candidates.npy",
+        targets=f"{RESULTS}/{{task}}/features/wfd_targets.npy",
+        selections=tsne_selection_files,
+    output:
+        report(
+            f"{RESULTS}/figures/{{task}}_tsne.png",
+            caption="../report/tsne.rst",
+            category="Selected data",
+        ),
+    log:
+        f"{RESULTS}/{{task}}/logs/figure_tsne.log",
+    benchmark:
+        f"{RESULTS}/{{task}}/benchmarks/figure_tsne.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: res("figures", "threads")
+    resources:
+        mem_mb=res("figures", "mem_mb"),
+        runtime=res("figures", "runtime"),
+    params:
+        seed=config["seed"],
+        max_points=config["report"]["tsne_max_points"],
+    script:
+        "../scripts/figure_tsne.py"

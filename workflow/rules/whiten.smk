@@ -1,0 +1,23 @@
+rule whiten:
+    input:
+        candidates=f"{RESULTS}/{{task}}/features/candidates.npy",
+        targets=f"{RESULTS}/{{task}}/features/targets.npy",
+    output:
+        candidates=f"{RESULTS}/{{task}}/features/wfd_candidates.npy",
+        candidates_sidecar=f"{RESULTS}/{{task}}/features/wfd_candidates.json",
+        targets=f"{RESULTS}/{{task}}/features/wfd_targets.npy",
+        targets_sidecar=f"{RESULTS}/{{task}}/features/wfd_targets.json",
+    log:
+        f"{RESULTS}/{{task}}/logs/whiten.log",
+    benchmark:
+        f"{RESULTS}/{{task}}/benchmarks/whiten.tsv"
+    conda:
+        "../../envs/select.yaml"
+    threads: res("whiten", "threads")
+    resources:
+        mem_mb=res("whiten", "mem_mb"),
+        runtime=res("whiten", "runtime"),
+    params:
+        whitening=config["whitening"],
+    script:
+        "../scripts/whiten.py"
