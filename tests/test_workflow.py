@@ -222,3 +222,13 @@ def test_same_config_gives_byte_identical_selections(tiny_run, tmp_path):
         a = (tmp / "results" / "digits" / "selections" / f"{n}.csv").read_bytes()
         b = (tmp_path / "results" / "digits" / "selections" / f"{n}.csv").read_bytes()
         assert a == b, n
+
+
+@pytest.mark.xdist_group("tiny")
+def test_html_report_bundles_the_figures(tiny_run):
+    tmp, cfg = tiny_run
+    report = tmp / "report.html"
+    res = smk("--report", str(report), "--configfile", str(cfg))
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = report.read_text(errors="replace")
+    assert "digits_metric_vs_ratio.png" in html and "digits_tsne.png" in html
