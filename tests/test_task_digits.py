@@ -288,3 +288,27 @@ def test_downstream_learns_clean_digits(tmp_path):
     state = task.train_downstream(data, "candidates", np.arange(len(data.candidates)), None, seed=0)
     metrics = task.evaluate(data, state)
     assert metrics["accuracy"] > 0.8 and metrics["accuracy"] == metrics["accuracy_clean"]
+
+
+def test_local_images_file_replaces_the_bundled_copy(tmp_path):
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # a "larger" local set: the bundled images twice, as the full UCI optdigits would be
+    np.savez(tmp_path / "optdigits.npz", images=np.concatenate([bunch.images] * 2), labels=np.tile(bunch.target, 2))
+    cfg = {"images": str(tmp_path / "optdigits.npz"), "per_source": 500, "n_targets": 400, "n_evaluation": 1600}
+    task = get_task("digits", cfg, seed=0)
+    task.check()  # 2,000 held out + 500 per source only fits the 3,594-image file
+    with pytest.raises(TarotInputError, match="held-out images leave"):
+        get_task("digits", {k: v for k, v in cfg.items() if k != "images"}, seed=0).check()
+    task.prepare(tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "data.json").read_text())
+    assert meta["n_base_images"] == 3594
+
+
+def test_missing_images_file_is_reported(tmp_path):
+    with pytest.raises(TarotInputError, match="images: file not found"):
+        get_task("digits", {"images": str(tmp_path / "nope.npz")}, seed=0).check()
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(TarotInputError, match="cannot read"):
+        get_task("digits", {"images": str(tmp_path / "bad.npz")}, seed=0).check()

@@ -77,6 +77,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "target_styles": ["rotated", "noisy"],
     "n_targets": 100,
     "n_evaluation": 400,
+    "images": None,
     "proxy": {"epochs": 8, "lr": 0.003, "batch_size": 64, "checkpoints": 3, "width": 16},
     "downstream": {"epochs": 30, "lr": 0.003, "batch_size": 32, "width": 16},
 }
@@ -93,18 +94,36 @@ _STREAM_DOWNSTREAM = 4
 # --------------------------------------------------------------------------- data
 
 
-@functools.lru_cache(maxsize=1)
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    """The sklearn digits as read-only ``(images float32 in [0, 1], labels int64)``."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the digits task needs scikit-learn: pip install scikit-learn") from exc
-    bunch = load_digits()
-    images = (np.asarray(bunch.images, dtype=np.float64) / 16.0).astype(np.float32)
-    labels = np.asarray(bunch.target, dtype=np.int64)
-    if images.shape != (N_DIGITS, 8, 8):
-        raise RuntimeError(f"load_digits() returned images of shape {images.shape}, expected ({N_DIGITS}, 8, 8)")
+@functools.lru_cache(maxsize=2)
+def _digits(path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Base images as read-only ``(images float32 in [0, 1], labels int64)``.
+
+    ``path`` is None for scikit-learn's bundled copy, or a local ``.npz`` with ``images``
+    (N, 8, 8), values 0..16 as in UCI optdigits, and ``labels`` (N,) in 0..9, e.g. the full
+    5,620-image UCI set.
+    """
+    if path is None:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("the digits task needs scikit-learn: pip install scikit-learn") from exc
+        bunch = load_digits()
+        raw, labels = np.asarray(bunch.images, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64)
+        if raw.shape != (N_DIGITS, 8, 8):
+            raise RuntimeError(f"load_digits() returned images of shape {raw.shape}, expected ({N_DIGITS}, 8, 8)")
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                raw, labels = np.asarray(z["images"], dtype=np.float64), np.asarray(z["labels"], dtype=np.int64)
+        except (OSError, KeyError, ValueError) as exc:
+            raise TarotInputError(
+                f"digits: images: cannot read {path} (need arrays 'images', 'labels'): {exc}"
+            ) from None
+        if raw.ndim != 3 or raw.shape[1:] != (8, 8) or labels.shape != (raw.shape[0],):
+            raise TarotInputError(f"digits: images: {path} holds images {raw.shape} and labels {labels.shape}")
+        if labels.min() < 0 or labels.max() >= N_CLASSES or raw.min() < 0 or raw.max() > 16:
+            raise TarotInputError(f"digits: images: {path} needs labels in 0..9 and pixel values in 0..16")
+    images = (raw / 16.0).astype(np.float32)
     images.flags.writeable = False
     labels.flags.writeable = False
     return images, labels
@@ -414,11 +433,15 @@ class DigitsTask(Task):
         for n, what in ((n_targets, "n_targets"), (n_eval, "n_evaluation")):
             if n < len(styles):
                 raise TarotInputError(f"digits: {what}={n} is fewer than the {len(styles)} target styles")
+        path = s["images"]
+        if path is not None and not Path(path).is_file():
+            raise TarotInputError(f"digits: images: file not found: {path}")
+        n_base = self._n_base()
         held = n_targets + n_eval
-        if held + per_source > N_DIGITS:
+        if held + per_source > n_base:
             raise TarotInputError(
-                f"digits: n_targets + n_evaluation = {held} held-out images leave {N_DIGITS - held} of "
-                f"{N_DIGITS} for candidates, fewer than per_source={per_source}"
+                f"digits: n_targets + n_evaluation = {held} held-out images leave {n_base - held} of "
+                f"{n_base} for candidates, fewer than per_source={per_source}"
             )
         _check_training(s["proxy"], "proxy", ("epochs", "lr", "batch_size", "checkpoints", "width"))
         _check_training(s["downstream"], "downstream", ("epochs", "lr", "batch_size", "width"))
@@ -430,14 +453,19 @@ class DigitsTask(Task):
     def _rng(self, *stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, *stream])
 
+    def _n_base(self) -> int:
+        """Number of base images (1,797 for scikit-learn's copy)."""
+        path = self.settings["images"]
+        return N_DIGITS if path is None else len(_digits(path)[0])
+
     def _split_base(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Base-image indices ``(candidate part, targets, evaluation)`` of a seeded permutation."""
         n_t, n_e = self.settings["n_targets"], self.settings["n_evaluation"]
-        perm = self._rng(_STREAM_SPLIT).permutation(N_DIGITS)
+        perm = self._rng(_STREAM_SPLIT).permutation(self._n_base())
         return np.sort(perm[n_t + n_e :]), perm[:n_t], perm[n_t : n_t + n_e]
 
     def _build_candidates(self, pool: np.ndarray) -> dict[str, np.ndarray]:
-        images, labels = _digits()
+        images, labels = _digits(self.settings["images"])
         xs, ys, names, bases = [], [], [], []
         for source in self.settings["sources"]:
             sid = ALL_SOURCES.index(source)
@@ -451,7 +479,7 @@ class DigitsTask(Task):
 
     def _build_mixture(self, split: str, base: np.ndarray, stream: int) -> dict[str, np.ndarray]:
         """Held-out images ``base``, each given one target style (balanced) and transformed."""
-        images, labels = _digits()
+        images, labels = _digits(self.settings["images"])
         styles = np.asarray(self.settings["target_styles"])
         assigned = styles[np.arange(len(base)) % len(styles)][self._rng(stream, 0).permutation(len(base))]
         x = np.empty((len(base), 8, 8), dtype=np.float32)
@@ -483,7 +511,7 @@ class DigitsTask(Task):
 
         ``data.npz`` holds ``{split}_x`` (float32, ``(n, 1, 8, 8)``), ``{split}_y`` (int64),
         ``candidates_source`` / ``targets_style`` / ``evaluation_style`` (str) and
-        ``{split}_base`` (int64 index of the underlying ``load_digits()`` image).
+        ``{split}_base`` (int64 index of the underlying base image).
         """
         self.check()
         out = Path(out_dir)
@@ -514,7 +542,8 @@ class DigitsTask(Task):
             "task": self.name,
             "seed": self.seed,
             "config": self.settings,
-            "n_base_images": N_DIGITS,
+            "n_base_images": self._n_base(),
+            "base_images": self.settings["images"] or "sklearn.datasets.load_digits",
             "n_candidate_base_images": n_pool,
             "counts": {
                 "candidates": len(arrays["candidates_y"]),
