@@ -109,7 +109,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     msg = f"{sel.method}: selected {sel.size} of {sel.n_candidates} ({100 * sel.ratio:.2f} %)"
     if sel.ot_distance is not None:
         msg += f", OT distance to target {sel.ot_distance:.6g}"
-    print(f"{msg} -> {args.out}")
+    sys.stdout.write(f"{msg} -> {args.out}\n")
     return 0
 
 
@@ -121,7 +121,7 @@ def _cmd_distance(args: argparse.Namespace) -> int:
     check_pair(src, tgt)
     w = Whitener(args.whiten, normalize=not args.no_normalize, eps=args.eps).fit(src, tgt)
     res = ot_distance(w.transform(src), w.transform(tgt), method=args.ot_method, reg=args.reg)
-    print(f"{res.value:.10g}")
+    sys.stdout.write(f"{res.value:.10g}\n")
     return 0
 
 
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_select(args)
         return _cmd_distance(args)
     except TarotInputError as exc:
-        print(f"tarot-select: error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"tarot-select: error: {exc}\n")
         return 2
 
 
