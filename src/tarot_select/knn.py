@@ -72,12 +72,12 @@ def nearest_neighbors(
     n, m = candidates.shape[0], targets.shape[0]
     if not 1 <= k <= n:
         raise TarotInputError(f"k must be in [1, {n}] (the pool size), got {k}")
-    y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))  # (m, d)
+    y = torch.from_numpy(np.array(targets, dtype=np.float32))  # (m, d), a writable copy
     best_s = torch.full((k, m), -torch.inf)
     best_i = torch.zeros((k, m), dtype=torch.int64)
     blocks = range(0, n, block_rows)
     for start in tqdm(blocks, desc="nearest neighbours", disable=not progress, unit="block"):
-        x = torch.from_numpy(np.ascontiguousarray(candidates[start : start + block_rows], dtype=np.float32))
+        x = torch.from_numpy(np.array(candidates[start : start + block_rows], dtype=np.float32))
         scores = 2.0 * (x @ y.T) - (x * x).sum(1, keepdim=True)  # (b, m)
         kk = min(k, x.shape[0])
         s, i = torch.topk(scores, kk, dim=0, sorted=False)  # (kk, m)

@@ -26,16 +26,18 @@ from .api import select
 from .errors import TarotInputError
 from .featurize import Checkpoint, GradientFeaturizer
 from .gradients import AdamPreconditioner, select_parameters
-from .io import atomic_path, load_features, save_features, write_json_atomic
+from .io import atomic_path, load_features, open_feature_writer, save_features, write_json_atomic
 from .result import Selection
 from .tasks import Task, get_task
-from .whiten import Whitener
+from .whiten import Whitener, WhiteningStats
 
 __all__ = [
     "load_task",
     "prepare_data",
     "train_proxy",
     "dump_gradients",
+    "gather_features",
+    "shard_rows",
     "whiten_features",
     "make_selection",
     "train_downstream",
@@ -174,13 +176,22 @@ def dump_gradients(
     features: Mapping[str, Any],
     adam: bool = False,
     device: str = "cpu",
+    shard: int = 0,
+    n_shards: int = 1,
+    stats_path: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Projected per-sample gradient features of one split at every proxy checkpoint.
+    """Projected per-sample gradient features of one shard of a split at every proxy checkpoint.
 
-    ``adam=True`` preconditions with each checkpoint's Adam state (LESS training features).
+    Shard ``shard`` of ``n_shards`` holds the contiguous rows :func:`shard_rows` gives, so
+    shards gathered in order equal the unsharded file. ``adam=True`` preconditions with
+    each checkpoint's Adam state (LESS training features). ``stats_path`` receives the
+    shard's whitening sums (:class:`~tarot_select.whiten.WhiteningStats`), so whitening
+    never needs every feature in one job.
     """
     data = task.load(Path(data_dir))
-    dataset = data.split(split)
+    full = data.split(split)
+    lo, hi = shard_rows(len(full), shard, n_shards)
+    dataset = torch.utils.data.Subset(full, range(lo, hi))
     manifest = json.loads((Path(proxy_dir) / "checkpoints.json").read_text())
     model = task.proxy_model()
     param_names = select_parameters(model, features.get("params"))
@@ -210,10 +221,55 @@ def dump_gradients(
         len(dataset),
         ckpts,
         dtype=features.get("dtype", "float32"),
-        extra_meta={"task": task.name, "split": split, "adam_preconditioned": bool(adam)},
+        extra_meta={
+            "task": task.name,
+            "split": split,
+            "adam_preconditioned": bool(adam),
+            "shard": {"index": shard, "count": n_shards, "rows": [lo, hi]},
+        },
         progress=False,
     )
-    log.info("wrote %s features of %d samples to %s", split, len(dataset), out_path)
+    log.info("wrote %s rows %d..%d (shard %d/%d) to %s", split, lo, hi, shard + 1, n_shards, out_path)
+    if stats_path is not None:
+        arr = load_features(out_path).array
+        stats = WhiteningStats(arr.shape[1]).update(arr)
+        with atomic_path(stats_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, n=stats.n, sum=stats.sum, outer=stats.outer)
+
+
+def shard_rows(n: int, shard: int, n_shards: int) -> tuple[int, int]:
+    """Row range ``[lo, hi)`` of shard ``shard`` when ``n`` rows are cut into ``n_shards``."""
+    if not 0 <= shard < n_shards:
+        raise TarotInputError(f"shard {shard} outside 0..{n_shards - 1}")
+    if n_shards > n:
+        raise TarotInputError(f"{n_shards} shards for only {n} samples: lower features.shards")
+    edges = np.linspace(0, n, n_shards + 1).round().astype(int)
+    return int(edges[shard]), int(edges[shard + 1])
+
+
+def gather_features(shards: list[str], out_path: str | os.PathLike[str]) -> None:
+    """Concatenate shard feature files (in order) into one file, streaming row blocks."""
+    parts = [load_features(p) for p in shards]
+    dims = {p.array.shape[1] for p in parts}
+    if len(dims) != 1:
+        raise TarotInputError(f"shards disagree on the feature dimension: {sorted(dims)}")
+    rows = 0
+    for i, part in enumerate(parts):
+        info = part.meta.get("shard", {})
+        if info.get("index", i) != i or info.get("rows", [rows])[0] != rows:
+            raise TarotInputError(f"shard {shards[i]} is out of order (expected index {i} starting at row {rows})")
+        rows += part.array.shape[0]
+    meta = {k: v for k, v in parts[0].meta.items() if k not in ("shape", "dtype", "versions", "shard")}
+    meta["shards"] = len(parts)
+    with open_feature_writer(out_path, (rows, dims.pop()), dtype=parts[0].array.dtype, meta=meta) as out:
+        start = 0
+        for part in parts:
+            for s in range(0, part.array.shape[0], 65536):
+                block = np.asarray(part.array[s : s + 65536])
+                out[start : start + len(block)] = block
+                start += len(block)
+    log.info("gathered %d shards into %s (%d rows)", len(parts), out_path, rows)
 
 
 def whiten_features(
@@ -224,10 +280,25 @@ def whiten_features(
     method: str = "cholesky",
     normalize: bool = True,
     eps: float = 1e-5,
+    stats: list[str] | None = None,
 ) -> None:
-    """Fit the whitening on candidates ∪ targets and write both WFD feature files."""
+    """Fit the whitening on candidates ∪ targets and write both WFD feature files.
+
+    With ``stats`` (the per-shard sums of candidates and targets), the fit merges them
+    instead of reading the features; the transform then streams row blocks.
+    """
     cand, targ = load_features(candidates), load_features(targets)
-    w = Whitener(method, normalize=normalize, eps=eps).fit(cand.array, targ.array)
+    w = Whitener(method, normalize=normalize, eps=eps)
+    if stats:
+        merged = WhiteningStats(cand.array.shape[1])
+        for path in stats:
+            merged.merge(WhiteningStats.load(path))
+        expected = cand.array.shape[0] + targ.array.shape[0]
+        if merged.n != expected:
+            raise TarotInputError(f"whitening statistics cover {merged.n} rows, the features {expected}")
+        w.fit_stats(merged)
+    else:
+        w.fit(cand.array, targ.array)
     for src, fs, dst in ((candidates, cand, out_candidates), (targets, targ, out_targets)):
         meta = {"source": str(src), "whitening": w.metadata(), "made_from": fs.meta}
         save_features(dst, w.transform(fs.array), meta)

@@ -23,6 +23,7 @@ wildcard_constraints:
     task="[A-Za-z0-9-]+",
     selection="[a-z_]+(\\.r[0-9.e-]+)?",
     seed="[0-9]+",
+    shard="[0-9]+",
     split="candidates|targets|candidates_adam",
 
 
@@ -72,6 +73,23 @@ def feature_files(wildcards):
         "wfd_candidates": f"{base}/wfd_candidates.npy",
         "wfd_targets": f"{base}/wfd_targets.npy",
     }
+
+
+def feature_shards(wildcards):
+    """Shard files of one split, in order."""
+    return expand(
+        f"{RESULTS}/{wildcards.task}/features/shards/{wildcards.split}.{{shard}}.npy",
+        shard=range(config["features"]["shards"]),
+    )
+
+
+def whitening_stats(wildcards):
+    """Per-shard whitening sums of candidates and targets."""
+    return expand(
+        f"{RESULTS}/{wildcards.task}/features/shards/{{split}}.{{shard}}.stats.npz",
+        split=["candidates", "targets"],
+        shard=range(config["features"]["shards"]),
+    )
 
 
 def run_records(wildcards):

@@ -1,14 +1,20 @@
+# Gradient dumping fans out: every split is cut into features.shards contiguous shards,
+# one job each (one SLURM job each on a cluster), gathered before whitening. Each shard
+# also writes its whitening sums, so no job has to hold every feature at once.
+
+
 rule dump_gradients:
     input:
         data=f"{RESULTS}/{{task}}/data",
         proxy=f"{RESULTS}/{{task}}/proxy",
     output:
-        features=f"{RESULTS}/{{task}}/features/{{split}}.npy",
-        sidecar=f"{RESULTS}/{{task}}/features/{{split}}.json",
+        features=f"{RESULTS}/{{task}}/features/shards/{{split}}.{{shard}}.npy",
+        sidecar=f"{RESULTS}/{{task}}/features/shards/{{split}}.{{shard}}.json",
+        stats=f"{RESULTS}/{{task}}/features/shards/{{split}}.{{shard}}.stats.npz",
     log:
-        f"{RESULTS}/{{task}}/logs/dump_gradients_{{split}}.log",
+        f"{RESULTS}/{{task}}/logs/dump_gradients_{{split}}.{{shard}}.log",
     benchmark:
-        f"{RESULTS}/{{task}}/benchmarks/dump_gradients_{{split}}.tsv"
+        f"{RESULTS}/{{task}}/benchmarks/dump_gradients_{{split}}.{{shard}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: res("dump_gradients", "threads")
@@ -20,3 +26,23 @@ rule dump_gradients:
         device=config["device"],
     script:
         "../scripts/dump_gradients.py"
+
+
+rule gather_features:
+    input:
+        shards=feature_shards,
+    output:
+        features=f"{RESULTS}/{{task}}/features/{{split}}.npy",
+        sidecar=f"{RESULTS}/{{task}}/features/{{split}}.json",
+    log:
+        f"{RESULTS}/{{task}}/logs/gather_features_{{split}}.log",
+    benchmark:
+        f"{RESULTS}/{{task}}/benchmarks/gather_features_{{split}}.tsv"
+    conda:
+        "../../envs/select.yaml"
+    threads: res("gather_features", "threads")
+    resources:
+        mem_mb=res("gather_features", "mem_mb"),
+        runtime=res("gather_features", "runtime"),
+    script:
+        "../scripts/gather_features.py"

@@ -2,6 +2,7 @@ rule whiten:
     input:
         candidates=f"{RESULTS}/{{task}}/features/candidates.npy",
         targets=f"{RESULTS}/{{task}}/features/targets.npy",
+        stats=whitening_stats,
     output:
         candidates=f"{RESULTS}/{{task}}/features/wfd_candidates.npy",
         candidates_sidecar=f"{RESULTS}/{{task}}/features/wfd_candidates.json",

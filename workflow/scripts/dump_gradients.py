@@ -1,4 +1,4 @@
-"""Snakemake script: projected per-sample gradient features of one split."""
+"""Snakemake script: projected per-sample gradient features of one shard of a split."""
 
 from tarot_select import pipeline
 
@@ -14,4 +14,7 @@ with pipeline.stage(snakemake.log[0], snakemake.threads):
         snakemake.params.features,
         adam=split.endswith("_adam"),
         device=snakemake.params.device,
+        shard=int(snakemake.wildcards.shard),
+        n_shards=int(snakemake.params.features["shards"]),
+        stats_path=snakemake.output.stats,
     )

@@ -12,4 +12,5 @@ with pipeline.stage(snakemake.log[0], snakemake.threads):
         method=w["method"],
         normalize=w["normalize"],
         eps=w["eps"],
+        stats=list(snakemake.input.stats),
     )
