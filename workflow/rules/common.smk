@@ -16,7 +16,7 @@ RESULTS = config["results"]
 TASKS = list(config["tasks"])
 SEEDS = [int(s) for s in config["seeds"]]
 FEATURE_SPLITS = ["candidates", "targets", "candidates_adam"]
-RESOURCE_DEFAULTS = {"mem_mb": 2000, "runtime": 30, "threads": 1}
+RESOURCE_DEFAULTS = {"mem_mb": 2000, "runtime": 30, "threads": 1, "gpu": 0}
 
 
 wildcard_constraints:

@@ -14,6 +14,7 @@ rule train_downstream:
     resources:
         mem_mb=res("train_downstream", "mem_mb"),
         runtime=res("train_downstream", "runtime"),
+        gpu=res("train_downstream", "gpu"),
     script:
         "../scripts/train_downstream.py"
 

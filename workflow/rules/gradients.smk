@@ -21,6 +21,7 @@ rule dump_gradients:
     resources:
         mem_mb=res("dump_gradients", "mem_mb"),
         runtime=res("dump_gradients", "runtime"),
+        gpu=res("dump_gradients", "gpu"),
     params:
         features=config["features"],
         device=config["device"],

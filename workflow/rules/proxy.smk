@@ -13,5 +13,6 @@ rule train_proxy:
     resources:
         mem_mb=res("train_proxy", "mem_mb"),
         runtime=res("train_proxy", "runtime"),
+        gpu=res("train_proxy", "gpu"),
     script:
         "../scripts/train_proxy.py"
