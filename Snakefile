@@ -23,6 +23,15 @@ include: "workflow/rules/downstream.smk"
 include: "workflow/rules/report.smk"
 
 
+# Rules that only read small files and write a table or a figure: on a cluster they run
+# in the Snakemake process itself instead of waiting in the queue.
+localrules:
+    all,
+    table,
+    figure_metric_vs_ratio,
+    figure_tsne,
+
+
 rule all:
     default_target: True
     input:

@@ -1,4 +1,4 @@
-"""Shared fixtures: seeded feature clouds."""
+"""Shared fixtures: seeded feature clouds, and one real run of the tiny workflow config."""
 
 from __future__ import annotations
 
@@ -26,3 +26,18 @@ def gaussian_modes(
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny config (tests/data/tiny.yaml) run locally once: ``(directory, config path)``.
+
+    Tests using it must be in xdist group ``"tiny"`` so that they share one run.
+    """
+    from test_workflow import smk, write_config
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    cfg = write_config(tmp)
+    res = smk("--cores", "2", "--configfile", str(cfg))
+    assert res.returncode == 0, res.stderr[-5000:]
+    return tmp, cfg

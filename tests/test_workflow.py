@@ -21,7 +21,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def smk(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def write_config(tmp_path: Path, **changes) -> Path:
@@ -42,7 +42,7 @@ def test_dry_run_of_the_default_config(tmp_path):
     res = smk("-n", "--quiet", "rules", "--config", f"results={tmp_path}/results")
     assert res.returncode == 0, res.stderr[-3000:]
     for rule in ("prepare_data", "train_proxy", "dump_gradients", "whiten", "select", "train_downstream", "evaluate"):
-        assert re.search(rf"^{rule}\s+\d+", res.stdout + res.stderr, re.M), rule
+        assert re.search(rf"^{rule}\s+\d+", res.stdout + res.stderr, re.MULTILINE), rule
 
 
 def test_lint():
@@ -132,7 +132,7 @@ def _third_party_of(script: Path) -> set[str]:
 def _rules():
     for smk_file in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
         text = smk_file.read_text()
-        for block in re.split(r"^rule ", text, flags=re.M)[1:]:
+        for block in re.split(r"^rule ", text, flags=re.MULTILINE)[1:]:
             name = block.split(":")[0]
             conda = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
             script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
@@ -155,13 +155,8 @@ def test_every_rule_declares_its_env_and_the_env_names_what_its_script_imports()
 
 
 # ------------------------------------------------------------------ a real run
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tiny")
-    cfg = write_config(tmp)
-    res = smk("--cores", "2", "--configfile", str(cfg), cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-5000:]
-    return tmp, cfg
+# `tiny_run` (tests/conftest.py) runs the tiny config once per session; every test that
+# uses it is in xdist group "tiny", so one worker runs it and the others do not wait.
 
 
 @pytest.mark.xdist_group("tiny")
@@ -202,10 +197,10 @@ def test_rerun_redoes_only_what_is_missing(tiny_run):
         path.unlink()
     res = smk("-n", "--quiet", "rules", "--configfile", str(cfg))
     out = res.stdout + res.stderr
-    assert re.search(r"^evaluate\s+1$", out, re.M), out
-    assert re.search(r"^table\s+1$", out, re.M), out
+    assert re.search(r"^evaluate\s+1$", out, re.MULTILINE), out
+    assert re.search(r"^table\s+1$", out, re.MULTILINE), out
     for rule in ("train_downstream", "select", "dump_gradients", "train_proxy"):
-        assert not re.search(rf"^{rule}\s", out, re.M), out
+        assert not re.search(rf"^{rule}\s", out, re.MULTILINE), out
     res = smk("--cores", "2", "--configfile", str(cfg))
     assert res.returncode == 0 and (results / "tables" / "digits.csv").exists()
 
