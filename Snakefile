@@ -21,6 +21,7 @@ include: "workflow/rules/whiten.smk"
 include: "workflow/rules/select.smk"
 include: "workflow/rules/downstream.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/lds.smk"
 
 
 # Rules that only read small files and write a table or a figure: on a cluster they run
@@ -30,6 +31,7 @@ localrules:
     table,
     figure_metric_vs_ratio,
     figure_tsne,
+    lds_report,
 
 
 rule all:

@@ -29,6 +29,7 @@ SLURM_CHANGES = {
     "ratios": [0.1],
     "weighting.enabled": False,
     "references": ["full"],
+    "lds.enabled": False,
 }
 
 

@@ -70,6 +70,10 @@ def test_snakefmt_formatted():
         ({"tasks.digits.target_styles": ["sepia"]}, "target_styles"),
         ({"report.tsne_ratio": 0.3}, "report.tsne_ratio"),
         ({"tasks.digits.n_targets": 5000}, "tasks.digits"),
+        ({"lds.subsets": 2}, "subsets"),
+        ({"lds.methods": ["wfd", "influence"]}, "influence"),
+        ({"lds.external": {"digits-lds": {"masks": "/no/masks.npy", "outputs": "/no/outputs.npy"}}}, "lds.external"),
+        ({"lds.tasks.digits": {"kind": "digits"}}, "lds.tasks"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, changes, message):
@@ -181,6 +185,14 @@ def test_tiny_pipeline_tables_and_figures(tiny_run):
         assert len(np.unique(idx)) == len(idx) == round(ratio * 160)
         meta = json.loads(sel.with_suffix(".json").read_text())
         assert meta["method"] == "tarot" and meta["ot_distance"] > 0
+    # the LDS benchmark: every method at every ensemble size, a finite correlation
+    lds_rows = (results / "tables" / "digits-lds_lds.csv").read_text().splitlines()
+    assert len(lds_rows) == 1 + 6 * 2
+    for line in lds_rows[1:]:
+        value = float(line.split(",")[2])
+        assert -1.0 <= value <= 1.0, line
+    assert (results / "figures" / "digits-lds_lds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "TRAK" in (results / "tables" / "digits-lds_lds.md").read_text()
     feats = json.loads((results / "digits" / "features" / "candidates.json").read_text())
     assert feats["shape"] == [160, 64] and len(feats["checkpoints"]) == 2
 

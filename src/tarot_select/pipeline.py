@@ -115,10 +115,10 @@ def stage(log_path: str | os.PathLike[str] | None, threads: int = 1) -> Iterator
 
 
 def load_task(config: Mapping[str, Any], task: str) -> Task:
-    """Build task ``task`` from the workflow config."""
-    tasks = config.get("tasks", {})
+    """Build task ``task`` from the workflow config (``tasks`` or ``lds.tasks``)."""
+    tasks = {**config.get("lds", {}).get("tasks", {}), **config.get("tasks", {})}
     if task not in tasks:
-        raise TarotInputError(f"task {task!r} is not in the config (tasks: {', '.join(tasks)})")
+        raise TarotInputError(f"task {task!r} is not in the config (tasks, lds.tasks: {', '.join(tasks)})")
     block = tasks[task]
     return get_task(block["kind"], block, seed=int(config.get("seed", 0)))
 

@@ -14,6 +14,8 @@ except TarotInputError as exc:
 
 RESULTS = config["results"]
 TASKS = list(config["tasks"])
+LDS = config["lds"]
+LDS_TASKS = list(LDS["tasks"]) if LDS["enabled"] else []
 SEEDS = [int(s) for s in config["seeds"]]
 FEATURE_SPLITS = ["candidates", "targets", "candidates_adam"]
 RESOURCE_DEFAULTS = {"mem_mb": 2000, "runtime": 30, "threads": 1, "gpu": 0}
@@ -25,6 +27,8 @@ wildcard_constraints:
     seed="[0-9]+",
     shard="[0-9]+",
     split="candidates|targets|candidates_adam",
+    chunk="[0-9]+",
+    member="[0-9]+",
 
 
 def selections():
@@ -60,7 +64,48 @@ def all_outputs(wildcards):
             f"{RESULTS}/figures/{task}_metric_vs_ratio.png",
             f"{RESULTS}/figures/{task}_tsne.png",
         ]
+    for task in LDS_TASKS:
+        out += [
+            f"{RESULTS}/tables/{task}_lds.csv",
+            f"{RESULTS}/tables/{task}_lds.md",
+            f"{RESULTS}/figures/{task}_lds.png",
+        ]
     return out
+
+
+def lds_external(task, key):
+    """The user's LDS file ``key`` (masks or outputs) for ``task``, or None."""
+    return LDS["external"].get(task, {}).get(key)
+
+
+def lds_external_masks(wildcards):
+    """The user's subset masks of this task (e.g. TRAK's published ones), if any."""
+    path = lds_external(wildcards.task, "masks")
+    return [path] if path else []
+
+
+def lds_external_outputs(wildcards):
+    """The user's recorded subset-model outputs of this task, if any."""
+    path = lds_external(wildcards.task, "outputs")
+    return [path] if path else []
+
+
+def lds_output_chunks(wildcards):
+    """Outputs of the subset-model chunks (none when the user gives the outputs)."""
+    if lds_external(wildcards.task, "outputs"):
+        return []
+    return expand(
+        f"{RESULTS}/{wildcards.task}/lds/outputs/chunk{{chunk}}.npy",
+        chunk=range(LDS["chunks"]),
+    )
+
+
+def lds_member_files(wildcards):
+    """Features of the ensemble members the largest ensemble size needs."""
+    return expand(
+        f"{RESULTS}/{wildcards.task}/lds/members/member{{member}}.npz",
+        member=range(max(LDS["ensembles"])),
+    )
 
 
 def feature_files(wildcards):

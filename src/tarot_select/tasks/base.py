@@ -11,6 +11,15 @@ Stages and the methods they call
 ``train_downstream`` :meth:`Task.train_downstream` on a weighted index list of one split
 ``evaluate``         :meth:`Task.evaluate` → ``{metric: value}``; :attr:`Task.metric` is the primary one
 
+Optional methods for influence benchmarks (LDS, :mod:`tarot_select.lds`); the base class
+raises :class:`NotImplementedError`, :class:`ClassifierOutputsMixin` implements them for
+classifiers whose items are ``(x, y)``:
+
+``downstream_model`` a fresh downstream model (to load a :meth:`Task.train_downstream` state into)
+``output_fn``        the scalar model output whose gradient TRAK / WFD features use
+``outputs``          that output of a trained downstream model on every example of a split
+``train_weights``    TRAK's per-example out-to-loss factor :math:`1 - p_y`
+
 The proxy model (for gradients) and the downstream model (trained on the selection) may
 differ: that is how transfer is shown (e.g. AutoBots proxy, Wayformer downstream).
 """
@@ -25,9 +34,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import special
 from torch import nn
 
-__all__ = ["Task", "TaskData", "ProxyCheckpoint", "SPLITS"]
+from ..errors import TarotInputError
+from ..lds import margin
+
+__all__ = ["SPLITS", "ClassifierOutputsMixin", "ProxyCheckpoint", "Task", "TaskData"]
+
+#: Batch size of the forward passes in :class:`ClassifierOutputsMixin`.
+_OUTPUT_BATCH = 512
 
 #: Splits every task provides. ``candidates`` is the pool, ``targets`` the target sample
 #: used for selection, ``evaluation`` the held-out set of the target domain.
@@ -151,3 +167,66 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, data: TaskData, state: Mapping[str, Any]) -> dict[str, float]:
         """Metrics of a trained downstream model on ``data.evaluation``."""
+
+    # ------------------------------------------------- influence benchmarks (optional)
+    def downstream_model(self) -> nn.Module:
+        """A freshly initialised downstream model, the architecture that
+        :meth:`train_downstream` trains and whose state dict it returns."""
+        raise NotImplementedError(f"task {self.name!r} does not provide downstream_model()")
+
+    def output_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
+        """Per-sample scalar *model output* whose gradient attribution features use (LDS).
+
+        Same calling convention as :meth:`loss_fn` (``sample`` is one item as a batch of
+        size 1), so it can be passed as the ``loss_fn`` of a
+        :class:`~tarot_select.featurize.GradientFeaturizer`. For classifiers: the
+        correct-class margin :func:`tarot_select.lds.margin` (TRAK's output function).
+        """
+        raise NotImplementedError(f"task {self.name!r} does not provide output_fn()")
+
+    def outputs(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
+        """:meth:`output_fn` of the trained downstream model ``state`` on every example of
+        ``split``, shape ``(n_split,)`` float64, in index order (no gradients)."""
+        raise NotImplementedError(f"task {self.name!r} does not provide outputs()")
+
+    def train_weights(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
+        """TRAK's out-to-loss factor per example of ``split``, shape ``(n_split,)`` float64:
+        :math:`-\\partial L / \\partial f`, i.e. :math:`1 - p_y` for the margin output."""
+        raise NotImplementedError(f"task {self.name!r} does not provide train_weights()")
+
+
+class ClassifierOutputsMixin:
+    """:meth:`Task.output_fn`, :meth:`Task.outputs` and :meth:`Task.train_weights` for
+    classifiers: items are ``(x, y)`` with integer labels ``y`` and the downstream model
+    maps a batch of ``x`` to logits ``(B, C)``.
+
+    Put it before :class:`Task` in the bases; the class must implement
+    :meth:`Task.downstream_model`. The output is the margin
+    :math:`f = \\ell_y - \\log\\sum_{c\\ne y} e^{\\ell_c}` and the train weight
+    :math:`1 - p_y = \\sigma(-f)` (with :math:`p = \\operatorname{softmax}(\\ell)`).
+    """
+
+    def output_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
+        """Margin of ``forward(x)`` at label ``y`` for a sample ``(x, y)`` of batch size 1."""
+        return margin(forward(sample[0]), sample[1]).sum()
+
+    def _margins(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
+        model = self.downstream_model()  # type: ignore[attr-defined]
+        try:
+            model.load_state_dict(dict(state), strict=True)
+        except (RuntimeError, KeyError) as exc:
+            raise TarotInputError(f"state does not fit the downstream model: {exc}") from None
+        model.eval()
+        loader = torch.utils.data.DataLoader(data.split(split), batch_size=_OUTPUT_BATCH, shuffle=False)
+        with torch.no_grad():
+            parts = [margin(model(batch[0].float()), batch[1]) for batch in loader]
+        return torch.cat(parts).double().numpy()
+
+    def outputs(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
+        """Margins of the trained downstream model ``state`` on ``split``, shape ``(n_split,)``."""
+        return self._margins(data, state, split)
+
+    def train_weights(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
+        """:math:`1 - p_y = \\sigma(-f)` on ``split``, shape ``(n_split,)``, in ``(0, 1)``."""
+        f = self._margins(data, state, split)
+        return special.expit(-f)

@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 from ..errors import TarotInputError
 from ..io import atomic_path, library_versions, write_json_atomic
 from . import register
-from .base import SPLITS, ProxyCheckpoint, Task, TaskData
+from .base import SPLITS, ClassifierOutputsMixin, ProxyCheckpoint, Task, TaskData
 
 __all__ = ["ALL_SOURCES", "DEFAULTS", "DigitsCNN", "DigitsTask", "StyledTensorDataset", "transform_images"]
 
@@ -391,7 +391,7 @@ def _epoch_order(idx: np.ndarray, weights: np.ndarray | None, rng: np.random.Gen
 
 
 @register
-class DigitsTask(Task):
+class DigitsTask(ClassifierOutputsMixin, Task):
     """Domain-shifted sklearn digits (see the module docstring for sources and config).
 
     Parameters
@@ -684,10 +684,18 @@ class DigitsTask(Task):
             logger.debug("digits downstream epoch %d: loss %.4f", epoch + 1, loss)
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
+    def downstream_model(self) -> nn.Module:
+        """A fresh :class:`DigitsCNN` of width ``downstream.width`` (default initialisation).
+
+        With :class:`~tarot_select.tasks.base.ClassifierOutputsMixin` this gives the LDS
+        hooks: ``output_fn`` (margin), ``outputs`` and ``train_weights`` (``1 - p_y``).
+        """
+        self.check()
+        return DigitsCNN(self.settings["downstream"]["width"])
+
     def evaluate(self, data: TaskData, state: Mapping[str, Any]) -> dict[str, float]:
         """Accuracy on ``data.evaluation``, overall and per style (``accuracy_<style>``)."""
-        self.check()
-        model = DigitsCNN(self.settings["downstream"]["width"])
+        model = self.downstream_model()
         try:
             model.load_state_dict(dict(state), strict=True)
         except (RuntimeError, KeyError) as exc:
