@@ -74,6 +74,7 @@ def test_snakefmt_formatted():
         ({"lds.methods": ["wfd", "influence"]}, "influence"),
         ({"lds.external": {"digits-lds": {"masks": "/no/masks.npy", "outputs": "/no/outputs.npy"}}}, "lds.external"),
         ({"lds.tasks.digits": {"kind": "digits"}}, "lds.tasks"),
+        ({"lds.tasks.cifar": {"kind": "cifar10_resnet9", "root": "/no/cifar"}}, "/no/cifar"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, changes, message):

@@ -30,4 +30,4 @@ def get_task(kind: str, config: Mapping[str, Any], seed: int = 0) -> Task:
 
 
 def _load_builtin() -> None:
-    from . import digits, mnist  # noqa: F401  (register themselves)
+    from . import cifar10, digits, mnist  # noqa: F401  (register themselves)
