@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -240,3 +241,18 @@ def test_html_report_bundles_the_figures(tiny_run):
     assert res.returncode == 0, res.stderr[-3000:]
     html = report.read_text(errors="replace")
     assert "digits_metric_vs_ratio.png" in html and "digits_tsne.png" in html
+
+
+def test_stage_caps_torch_and_blas_threads_at_the_jobs_threads(tmp_path):
+    # a job given 1 thread must not let numpy's BLAS or torch use both cores
+    code = (
+        "import torch, threadpoolctl\n"
+        "from tarot_select.pipeline import setup_stage\n"
+        "setup_stage(None, 1)\n"
+        "blas = [i['num_threads'] for i in threadpoolctl.threadpool_info()]\n"
+        "print(torch.get_num_threads(), max(blas) if blas else 1)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["1", "1"], res.stdout

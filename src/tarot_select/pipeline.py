@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from .api import select
 from .errors import TarotInputError
@@ -89,7 +90,9 @@ def ratio_label(method: str, ratio: float | None) -> str:
 
 # ---------------------------------------------------------------- set-up
 def setup_stage(log_path: str | os.PathLike[str] | None, threads: int = 1) -> None:
-    """Send logging (and warnings) of this job to its log file and cap torch threads."""
+    """Send logging (and warnings) of this job to its log file, and cap torch's and the
+    BLAS / OpenMP libraries' thread pools at the job's ``threads``, so parallel jobs do not
+    oversubscribe the cores Snakemake gave them."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,9 @@ def setup_stage(log_path: str | os.PathLike[str] | None, threads: int = 1) -> No
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
     )
     logging.captureWarnings(True)
-    torch.set_num_threads(max(1, int(threads)))
+    n = max(1, int(threads))
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)  # numpy / scipy BLAS (kept for the rest of the process)
 
 
 @contextlib.contextmanager
