@@ -132,10 +132,10 @@ from ..errors import TarotInputError
 from ..io import atomic_path, library_versions, write_json_atomic
 from ..lds import margin
 from . import register
-from .base import SPLITS, ClassifierOutputsMixin, ProxyCheckpoint, Task, TaskData
 
 # Training pieces shared with the digits task (no task-specific messages in them).
-from .digits import _epoch_order, _set_lr, _tensors
+from ._training import check_indices, check_weights, epoch_order, set_lr, tensors
+from .base import SPLITS, ClassifierOutputsMixin, ProxyCheckpoint, Task, TaskData
 
 __all__ = [
     "ARCHS",
@@ -510,7 +510,7 @@ def _fit(
             idx = torch.from_numpy(order[start : start + batch_size])
             xb = _augment(x[idx], rng) if augment else x[idx]
             lr = _triangular_lr(float(cfg["lr"]), step, peak_step, total_steps)
-            _set_lr(optimizer, lr)
+            set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xb.to(device)), y[idx].to(device))
             loss.backward()
@@ -598,33 +598,6 @@ def _check_model(settings: Mapping[str, Any]) -> None:
     if settings["arch"] not in ARCHS:
         raise TarotInputError(f"cifar10: arch must be one of {ARCHS}, got {settings['arch']!r}")
     _int(settings["width"], "width")
-
-
-def _check_indices(indices: Any, n: int, split: str) -> np.ndarray:
-    idx = np.asarray(indices)
-    if idx.ndim != 1 or idx.size == 0:
-        raise TarotInputError(f"cifar10: indices must be a non-empty 1-D array, got shape {idx.shape}")
-    if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
-        raise TarotInputError(f"cifar10: indices must be integers, got dtype {idx.dtype}")
-    if idx.min() < 0 or idx.max() >= n:
-        raise TarotInputError(f"cifar10: indices must lie in [0, {n}) for split {split!r}")
-    return idx.astype(np.int64)
-
-
-def _check_weights(weights: Any, n: int) -> np.ndarray | None:
-    """``None``, ``int64`` repeat counts, or ``float64`` masses, validated."""
-    if weights is None:
-        return None
-    w = np.asarray(weights)
-    if w.shape != (n,):
-        raise TarotInputError(f"cifar10: weights must have shape ({n},) like indices, got {w.shape}")
-    if w.dtype == np.bool_ or not (np.issubdtype(w.dtype, np.integer) or np.issubdtype(w.dtype, np.floating)):
-        raise TarotInputError(f"cifar10: weights must be integer counts or float masses, got dtype {w.dtype}")
-    if np.issubdtype(w.dtype, np.floating) and not np.isfinite(w).all():
-        raise TarotInputError("cifar10: weights must be finite")
-    if (w < 0).any() or w.sum() <= 0:
-        raise TarotInputError("cifar10: weights must be non-negative with a positive sum")
-    return w.astype(np.int64) if np.issubdtype(w.dtype, np.integer) else w.astype(np.float64)
 
 
 # --------------------------------------------------------------------------- task
@@ -812,8 +785,8 @@ class Cifar10Task(ClassifierOutputsMixin, Task):
         cfg = self.settings["proxy"]
         device = torch.device(self.settings["device"])
         model = self.proxy_model().to(device)
-        x_c, y_c = _tensors(data.candidates)
-        x_t, y_t = _tensors(data.targets)
+        x_c, y_c = tensors(data.candidates)
+        x_t, y_t = tensors(data.targets)
         x, y = torch.cat([x_c, x_t]), torch.cat([y_c, y_t]).long()
         optimizer = _optimizer(model, cfg, cfg["optimizer"])
         rng = np.random.default_rng([self.seed, _STREAM_PROXY])
@@ -886,9 +859,9 @@ class Cifar10Task(ClassifierOutputsMixin, Task):
         if split not in SPLITS:
             raise TarotInputError(f"cifar10: unknown split {split!r}; one of {SPLITS}")
         _int(seed, "seed", minimum=0)
-        x_all, y_all = _tensors(data.split(split))
-        idx = _check_indices(indices, len(y_all), split)
-        w = _check_weights(weights, len(idx))
+        x_all, y_all = tensors(data.split(split))
+        idx = check_indices(indices, len(y_all), split, "cifar10")
+        w = check_weights(weights, len(idx), "cifar10")
         cfg = self.settings["downstream"]
         device = torch.device(self.settings["device"])
         model = _seeded_model(self.settings["width"], self.settings["arch"], int(seed)).to(device)
@@ -899,7 +872,7 @@ class Cifar10Task(ClassifierOutputsMixin, Task):
             optimizer,
             x_all,
             y_all.long(),
-            lambda: _epoch_order(idx, w, rng),
+            lambda: epoch_order(idx, w, rng),
             cfg,
             rng,
             self.settings["augment"],
@@ -918,7 +891,7 @@ class Cifar10Task(ClassifierOutputsMixin, Task):
             raise TarotInputError(f"cifar10: state does not fit the downstream model: {exc}") from None
         device = torch.device(self.settings["device"])
         model.to(device).eval()
-        x, y = _tensors(data.evaluation)
+        x, y = tensors(data.evaluation)
         with torch.no_grad():
             logits = torch.cat([model(x[i : i + _EVAL_BATCH].to(device)).cpu() for i in range(0, len(y), _EVAL_BATCH)])
         y = y.long()

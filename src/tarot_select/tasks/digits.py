@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 from ..errors import TarotInputError
 from ..io import atomic_path, library_versions, write_json_atomic
 from . import register
+from ._training import adam, check_indices, check_weights, cosine_lr, epoch_order, run_epoch, set_lr, tensors
 from .base import SPLITS, ClassifierOutputsMixin, ProxyCheckpoint, Task, TaskData
 
 __all__ = ["ALL_SOURCES", "DEFAULTS", "DigitsCNN", "DigitsTask", "StyledTensorDataset", "transform_images"]
@@ -294,99 +295,6 @@ def _check_training(block: Any, name: str, keys: Sequence[str]) -> None:
             _positive_int(block[key], f"{name}.{key}")
 
 
-# --------------------------------------------------------------------------- training helpers
-
-
-def _tensors(dataset: torch.utils.data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` tensors of a dataset of ``(x, y)`` items (no copy for a TensorDataset)."""
-    if isinstance(dataset, torch.utils.data.TensorDataset):
-        return dataset.tensors[0], dataset.tensors[1]
-    if isinstance(dataset, torch.utils.data.ConcatDataset):
-        parts = [_tensors(d) for d in dataset.datasets]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
-    return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
-
-
-def _cosine_lr(base: float, epoch: int, epochs: int) -> float:
-    """Learning rate of 0-based ``epoch``: ``base * (1 + cos(pi * epoch / epochs)) / 2``."""
-    return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
-def _run_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    order: torch.Tensor,
-    batch_size: int,
-) -> float:
-    """One pass over ``x[order]`` in mini-batches; returns the mean training loss."""
-    model.train()
-    total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(idx)
-        count += len(idx)
-    return total / max(count, 1)
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def _adam(model: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam over the named parameters (the state dict then records parameter names)."""
-    return torch.optim.Adam(list(model.named_parameters()), lr=lr)
-
-
-def _check_indices(indices: Any, n: int, split: str) -> np.ndarray:
-    idx = np.asarray(indices)
-    if idx.ndim != 1 or idx.size == 0:
-        raise TarotInputError(f"digits: indices must be a non-empty 1-D array, got shape {idx.shape}")
-    if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
-        raise TarotInputError(f"digits: indices must be integers, got dtype {idx.dtype}")
-    if idx.min() < 0 or idx.max() >= n:
-        raise TarotInputError(f"digits: indices must lie in [0, {n}) for split {split!r}")
-    return idx.astype(np.int64)
-
-
-def _check_weights(weights: Any, n: int) -> np.ndarray | None:
-    """``None``, ``int64`` repeat counts, or ``float64`` masses, validated."""
-    if weights is None:
-        return None
-    w = np.asarray(weights)
-    if w.shape != (n,):
-        raise TarotInputError(f"digits: weights must have shape ({n},) like indices, got {w.shape}")
-    if w.dtype == np.bool_ or not (np.issubdtype(w.dtype, np.integer) or np.issubdtype(w.dtype, np.floating)):
-        raise TarotInputError(f"digits: weights must be integer counts or float masses, got dtype {w.dtype}")
-    if np.issubdtype(w.dtype, np.floating) and not np.isfinite(w).all():
-        raise TarotInputError("digits: weights must be finite")
-    if (w < 0).any() or w.sum() <= 0:
-        raise TarotInputError("digits: weights must be non-negative with a positive sum")
-    return w.astype(np.int64) if np.issubdtype(w.dtype, np.integer) else w.astype(np.float64)
-
-
-def _epoch_order(idx: np.ndarray, weights: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """Sample indices seen in one epoch, shuffled.
-
-    ``None``: every index once. Integer counts: index ``i`` ``weights[i]`` times. Float
-    masses: ``len(idx)`` draws with replacement, probability proportional to the mass.
-    """
-    if weights is None:
-        seen = idx
-    elif np.issubdtype(weights.dtype, np.integer):
-        seen = np.repeat(idx, weights)
-    else:
-        seen = rng.choice(idx, size=len(idx), replace=True, p=weights / weights.sum())
-    return seen[rng.permutation(len(seen))]
-
-
 # --------------------------------------------------------------------------- task
 
 
@@ -604,17 +512,17 @@ class DigitsTask(ClassifierOutputsMixin, Task):
         """
         cfg = self.settings["proxy"]
         model = self.proxy_model()
-        x_c, y_c = _tensors(data.candidates)
-        x_t, y_t = _tensors(data.targets)
+        x_c, y_c = tensors(data.candidates)
+        x_t, y_t = tensors(data.targets)
         x, y = torch.cat([x_c, x_t]).float(), torch.cat([y_c, y_t]).long()
-        optimizer = _adam(model, cfg["lr"])
+        optimizer = adam(model, cfg["lr"])
         generator = torch.Generator().manual_seed(self.seed)
         first_saved = cfg["epochs"] - cfg["checkpoints"]
         saved: list[ProxyCheckpoint] = []
         for epoch in tqdm(range(cfg["epochs"]), desc="digits proxy", unit="epoch", disable=not progress):
-            lr = _cosine_lr(cfg["lr"], epoch, cfg["epochs"])
-            _set_lr(optimizer, lr)
-            loss = _run_epoch(model, optimizer, x, y, torch.randperm(len(y), generator=generator), cfg["batch_size"])
+            lr = cosine_lr(cfg["lr"], epoch, cfg["epochs"])
+            set_lr(optimizer, lr)
+            loss = run_epoch(model, optimizer, x, y, torch.randperm(len(y), generator=generator), cfg["batch_size"])
             logger.debug("digits proxy epoch %d: lr %.3g, loss %.4f", epoch + 1, lr, loss)
             if epoch >= first_saved:
                 saved.append(self._save_checkpoint(Path(out_dir), model, optimizer, epoch + 1, lr, loss))
@@ -669,18 +577,18 @@ class DigitsTask(ClassifierOutputsMixin, Task):
             raise TarotInputError(f"digits: unknown split {split!r}; one of {SPLITS}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise TarotInputError(f"digits: seed must be a non-negative integer, got {seed!r}")
-        x_all, y_all = _tensors(data.split(split))
-        idx = _check_indices(indices, len(y_all), split)
-        w = _check_weights(weights, len(idx))
+        x_all, y_all = tensors(data.split(split))
+        idx = check_indices(indices, len(y_all), split, "digits")
+        w = check_weights(weights, len(idx), "digits")
         cfg = self.settings["downstream"]
         model = _seeded_model(cfg["width"], int(seed))
-        optimizer = _adam(model, cfg["lr"])
+        optimizer = adam(model, cfg["lr"])
         rng = np.random.default_rng([int(seed), _STREAM_DOWNSTREAM])
         x_all, y_all = x_all.float(), y_all.long()
         for epoch in tqdm(range(cfg["epochs"]), desc="digits downstream", unit="epoch", disable=not progress):
-            _set_lr(optimizer, _cosine_lr(cfg["lr"], epoch, cfg["epochs"]))
-            order = torch.from_numpy(_epoch_order(idx, w, rng))
-            loss = _run_epoch(model, optimizer, x_all, y_all, order, cfg["batch_size"])
+            set_lr(optimizer, cosine_lr(cfg["lr"], epoch, cfg["epochs"]))
+            order = torch.from_numpy(epoch_order(idx, w, rng))
+            loss = run_epoch(model, optimizer, x_all, y_all, order, cfg["batch_size"])
             logger.debug("digits downstream epoch %d: loss %.4f", epoch + 1, loss)
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -701,7 +609,7 @@ class DigitsTask(ClassifierOutputsMixin, Task):
         except (RuntimeError, KeyError) as exc:
             raise TarotInputError(f"digits: state does not fit the downstream model: {exc}") from None
         model.eval()
-        x, y = _tensors(data.evaluation)
+        x, y = tensors(data.evaluation)
         with torch.no_grad():
             pred = torch.cat([model(x[i : i + _EVAL_BATCH].float()).argmax(1) for i in range(0, len(y), _EVAL_BATCH)])
         correct = (pred == y.long()).numpy()

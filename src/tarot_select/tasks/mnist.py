@@ -71,10 +71,8 @@ from ..errors import TarotInputError
 from ..io import atomic_path, library_versions, write_json_atomic
 from ..lds import margin
 from . import register
+from ._training import adam, check_indices, check_weights, cosine_lr, epoch_order, run_epoch, set_lr, tensors
 from .base import SPLITS, ClassifierOutputsMixin, ProxyCheckpoint, Task, TaskData
-
-# Training loop pieces shared with the digits task (no task-specific messages in them).
-from .digits import _adam, _cosine_lr, _epoch_order, _run_epoch, _set_lr, _tensors
 
 __all__ = ["DEFAULTS", "MnistMLP", "MnistTask", "load_mnist"]
 
@@ -268,33 +266,6 @@ def _check_training(block: Any, name: str) -> None:
             _int(value, f"{name}.{key}")
 
 
-def _check_indices(indices: Any, n: int, split: str) -> np.ndarray:
-    idx = np.asarray(indices)
-    if idx.ndim != 1 or idx.size == 0:
-        raise TarotInputError(f"mnist: indices must be a non-empty 1-D array, got shape {idx.shape}")
-    if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
-        raise TarotInputError(f"mnist: indices must be integers, got dtype {idx.dtype}")
-    if idx.min() < 0 or idx.max() >= n:
-        raise TarotInputError(f"mnist: indices must lie in [0, {n}) for split {split!r}")
-    return idx.astype(np.int64)
-
-
-def _check_weights(weights: Any, n: int) -> np.ndarray | None:
-    """``None``, ``int64`` repeat counts, or ``float64`` masses, validated."""
-    if weights is None:
-        return None
-    w = np.asarray(weights)
-    if w.shape != (n,):
-        raise TarotInputError(f"mnist: weights must have shape ({n},) like indices, got {w.shape}")
-    if w.dtype == np.bool_ or not (np.issubdtype(w.dtype, np.integer) or np.issubdtype(w.dtype, np.floating)):
-        raise TarotInputError(f"mnist: weights must be integer counts or float masses, got dtype {w.dtype}")
-    if np.issubdtype(w.dtype, np.floating) and not np.isfinite(w).all():
-        raise TarotInputError("mnist: weights must be finite")
-    if (w < 0).any() or w.sum() <= 0:
-        raise TarotInputError("mnist: weights must be non-negative with a positive sum")
-    return w.astype(np.int64) if np.issubdtype(w.dtype, np.integer) else w.astype(np.float64)
-
-
 # --------------------------------------------------------------------------- task
 
 
@@ -448,17 +419,17 @@ class MnistTask(ClassifierOutputsMixin, Task):
         """
         cfg = self.settings["proxy"]
         model = self.proxy_model()
-        x_c, y_c = _tensors(data.candidates)
-        x_t, y_t = _tensors(data.targets)
+        x_c, y_c = tensors(data.candidates)
+        x_t, y_t = tensors(data.targets)
         x, y = torch.cat([x_c, x_t]).float(), torch.cat([y_c, y_t]).long()
-        optimizer = _adam(model, cfg["lr"])
+        optimizer = adam(model, cfg["lr"])
         generator = torch.Generator().manual_seed(self.seed)
         first_saved = cfg["epochs"] - cfg["checkpoints"]
         saved: list[ProxyCheckpoint] = []
         for epoch in tqdm(range(cfg["epochs"]), desc="mnist proxy", unit="epoch", disable=not progress):
-            lr = _cosine_lr(cfg["lr"], epoch, cfg["epochs"])
-            _set_lr(optimizer, lr)
-            loss = _run_epoch(model, optimizer, x, y, torch.randperm(len(y), generator=generator), cfg["batch_size"])
+            lr = cosine_lr(cfg["lr"], epoch, cfg["epochs"])
+            set_lr(optimizer, lr)
+            loss = run_epoch(model, optimizer, x, y, torch.randperm(len(y), generator=generator), cfg["batch_size"])
             logger.debug("mnist proxy epoch %d: lr %.3g, loss %.4f", epoch + 1, lr, loss)
             if epoch >= first_saved:
                 path = Path(out_dir) / f"ckpt_{epoch + 1}.pt"
@@ -504,18 +475,18 @@ class MnistTask(ClassifierOutputsMixin, Task):
         if split not in SPLITS:
             raise TarotInputError(f"mnist: unknown split {split!r}; one of {SPLITS}")
         _int(seed, "seed", minimum=0)
-        x_all, y_all = _tensors(data.split(split))
-        idx = _check_indices(indices, len(y_all), split)
-        w = _check_weights(weights, len(idx))
+        x_all, y_all = tensors(data.split(split))
+        idx = check_indices(indices, len(y_all), split, "mnist")
+        w = check_weights(weights, len(idx), "mnist")
         cfg = self.settings["downstream"]
         model = _seeded_model(self.settings["hidden"], int(seed))
-        optimizer = _adam(model, cfg["lr"])
+        optimizer = adam(model, cfg["lr"])
         rng = np.random.default_rng([int(seed), _STREAM_DOWNSTREAM])
         x_all, y_all = x_all.float(), y_all.long()
         for epoch in tqdm(range(cfg["epochs"]), desc="mnist downstream", unit="epoch", disable=not progress):
-            _set_lr(optimizer, _cosine_lr(cfg["lr"], epoch, cfg["epochs"]))
-            order = torch.from_numpy(_epoch_order(idx, w, rng))
-            loss = _run_epoch(model, optimizer, x_all, y_all, order, cfg["batch_size"])
+            set_lr(optimizer, cosine_lr(cfg["lr"], epoch, cfg["epochs"]))
+            order = torch.from_numpy(epoch_order(idx, w, rng))
+            loss = run_epoch(model, optimizer, x_all, y_all, order, cfg["batch_size"])
             logger.debug("mnist downstream epoch %d: loss %.4f", epoch + 1, loss)
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -527,7 +498,7 @@ class MnistTask(ClassifierOutputsMixin, Task):
         except (RuntimeError, KeyError) as exc:
             raise TarotInputError(f"mnist: state does not fit the downstream model: {exc}") from None
         model.eval()
-        x, y = _tensors(data.evaluation)
+        x, y = tensors(data.evaluation)
         y = y.long()
         with torch.no_grad():
             logits = torch.cat([model(x[i : i + _EVAL_BATCH].float()) for i in range(0, len(y), _EVAL_BATCH)])
