@@ -70,3 +70,14 @@ def test_evaluate_ranks_the_true_attribution_first(tmp_path):
     assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("method,ensemble,lds,std")
     lds_report.plot_lds(tmp_path / "lds.json", tmp_path / "t.png", "toy")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_task_without_model_outputs_is_refused_with_the_missing_methods():
+    from tarot_select.tasks import Task, get_task, require_model_outputs
+
+    bare = type("Bare", (Task,), {"name": "bare"})
+    bare.__abstractmethods__ = frozenset()  # only the protocol matters here
+    with pytest.raises(TarotInputError, match="lacks downstream_model, output_fn, outputs, train_weights"):
+        require_model_outputs(bare({}))
+    digits = get_task("digits", {"kind": "digits"})
+    assert require_model_outputs(digits) is digits

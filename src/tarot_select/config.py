@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TarotInputError
-from .tasks import get_task
+from .tasks import get_task, require_model_outputs
 
 __all__ = ["check_config"]
 
@@ -41,7 +41,10 @@ def check_config(config: Mapping[str, Any]) -> None:
     for where, tasks in blocks:
         for name, block in tasks.items():
             try:
-                get_task(block["kind"], block, seed=int(config.get("seed", 0))).check()
+                task = get_task(block["kind"], block, seed=int(config.get("seed", 0)))
+                task.check()
+                if where == "lds.tasks":
+                    require_model_outputs(task)
             except TarotInputError as exc:
                 raise TarotInputError(f"{where}.{name}: {exc}") from None
     if lds_tasks:

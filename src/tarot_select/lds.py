@@ -650,7 +650,9 @@ def gradient_features_for_lds(
     -------
     np.ndarray, shape (n_split, proj_dim) (``(n_split, n_params)`` for ``proj_kind="none"``), float32
     """
-    model = task.downstream_model()
+    from .tasks import require_model_outputs  # the tasks package imports this module
+
+    model = require_model_outputs(task).downstream_model()
     featurizer = GradientFeaturizer(
         model,
         task.output_fn,

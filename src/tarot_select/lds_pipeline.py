@@ -33,7 +33,7 @@ from .errors import TarotInputError
 from .io import atomic_path, library_versions, write_json_atomic
 from .lds import ATTRIBUTION_METHODS, ensemble_scores, gradient_features_for_lds, lds, subset_masks
 from .pipeline import shard_rows
-from .tasks import Task
+from .tasks import Task, require_model_outputs
 
 __all__ = [
     "MEMBER_SEED_OFFSET",
@@ -115,6 +115,7 @@ def lds_train_chunk(
 ) -> None:
     """Train a model on each subset of chunk ``chunk`` (contiguous rows of the masks) and
     write its outputs on ``targets``: array ``(rows, n_target)`` float64."""
+    require_model_outputs(task)
     data = task.load(Path(data_dir))
     masks = read_lds_array(masks_path, "masks").astype(bool)
     lo, hi = shard_rows(masks.shape[0], chunk, n_chunks)
@@ -160,6 +161,7 @@ def lds_model_features(
     """Ensemble member ``member``: train on every training example, then write ``.npz`` with
     ``train`` ``(n, d)`` and ``targets`` ``(m, d)`` projected output gradients, ``weights``
     ``(n,)`` = TRAK's :math:`1 - p_y`, and the member's metrics (JSON in ``meta``)."""
+    require_model_outputs(task)
     data = task.load(Path(data_dir))
     n = len(data.candidates)
     t0 = time.perf_counter()

@@ -6,9 +6,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import TarotInputError
-from .base import SPLITS, ProxyCheckpoint, Task, TaskData
+from .base import SPLITS, ModelOutputs, ProxyCheckpoint, Task, TaskData, require_model_outputs
 
-__all__ = ["SPLITS", "TASKS", "ProxyCheckpoint", "Task", "TaskData", "get_task", "register"]
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "ModelOutputs",
+    "ProxyCheckpoint",
+    "Task",
+    "TaskData",
+    "get_task",
+    "register",
+    "require_model_outputs",
+]
 
 TASKS: dict[str, type[Task]] = {}
 

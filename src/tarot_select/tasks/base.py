@@ -11,9 +11,9 @@ Stages and the methods they call
 ``train_downstream`` :meth:`Task.train_downstream` on a weighted index list of one split
 ``evaluate``         :meth:`Task.evaluate` → ``{metric: value}``; :attr:`Task.metric` is the primary one
 
-Optional methods for influence benchmarks (LDS, :mod:`tarot_select.lds`); the base class
-raises :class:`NotImplementedError`, :class:`ClassifierOutputsMixin` implements them for
-classifiers whose items are ``(x, y)``:
+Influence benchmarks (LDS, :mod:`tarot_select.lds`) need four more methods, the
+:class:`ModelOutputs` protocol; :class:`ClassifierOutputsMixin` implements the last three
+for classifiers whose items are ``(x, y)``:
 
 ``downstream_model`` a fresh downstream model (to load a :meth:`Task.train_downstream` state into)
 ``output_fn``        the scalar model output whose gradient TRAK / WFD features use
@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -40,7 +40,15 @@ from torch import nn
 from ..errors import TarotInputError
 from ..lds import margin
 
-__all__ = ["SPLITS", "ClassifierOutputsMixin", "ProxyCheckpoint", "Task", "TaskData"]
+__all__ = [
+    "SPLITS",
+    "ClassifierOutputsMixin",
+    "ModelOutputs",
+    "ProxyCheckpoint",
+    "Task",
+    "TaskData",
+    "require_model_outputs",
+]
 
 #: Batch size of the forward passes in :class:`ClassifierOutputsMixin`.
 _OUTPUT_BATCH = 512
@@ -168,40 +176,56 @@ class Task(ABC):
     def evaluate(self, data: TaskData, state: Mapping[str, Any]) -> dict[str, float]:
         """Metrics of a trained downstream model on ``data.evaluation``."""
 
-    # ------------------------------------------------- influence benchmarks (optional)
+
+@runtime_checkable
+class ModelOutputs(Protocol):
+    """What a task adds to :class:`Task` for influence benchmarks (LDS, :mod:`tarot_select.lds`).
+
+    A task supports the LDS benchmark when it has all four methods (``isinstance(task,
+    ModelOutputs)``; :func:`require_model_outputs` raises a clear error otherwise).
+    :class:`ClassifierOutputsMixin` gives the last three to classifiers.
+    """
+
     def downstream_model(self) -> nn.Module:
         """A freshly initialised downstream model, the architecture that
-        :meth:`train_downstream` trains and whose state dict it returns."""
-        raise NotImplementedError(f"task {self.name!r} does not provide downstream_model()")
+        :meth:`Task.train_downstream` trains and whose state dict it returns."""
 
     def output_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
-        """Per-sample scalar *model output* whose gradient attribution features use (LDS).
+        """Per-sample scalar *model output* whose gradient attribution features use.
 
-        Same calling convention as :meth:`loss_fn` (``sample`` is one item as a batch of
-        size 1), so it can be passed as the ``loss_fn`` of a
+        Same calling convention as :meth:`Task.loss_fn` (``sample`` is one item as a batch
+        of size 1), so it can be passed as the ``loss_fn`` of a
         :class:`~tarot_select.featurize.GradientFeaturizer`. For classifiers: the
         correct-class margin :func:`tarot_select.lds.margin` (TRAK's output function).
         """
-        raise NotImplementedError(f"task {self.name!r} does not provide output_fn()")
 
     def outputs(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
         """:meth:`output_fn` of the trained downstream model ``state`` on every example of
         ``split``, shape ``(n_split,)`` float64, in index order (no gradients)."""
-        raise NotImplementedError(f"task {self.name!r} does not provide outputs()")
 
     def train_weights(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
         """TRAK's out-to-loss factor per example of ``split``, shape ``(n_split,)`` float64:
         :math:`-\\partial L / \\partial f`, i.e. :math:`1 - p_y` for the margin output."""
-        raise NotImplementedError(f"task {self.name!r} does not provide train_weights()")
+
+
+def require_model_outputs(task: Task) -> ModelOutputs:
+    """``task`` itself, or :class:`~tarot_select.errors.TarotInputError` if it cannot serve
+    the LDS benchmark (it lacks a :class:`ModelOutputs` method)."""
+    if not isinstance(task, ModelOutputs):
+        missing = [m for m in ("downstream_model", "output_fn", "outputs", "train_weights") if not hasattr(task, m)]
+        raise TarotInputError(
+            f"task kind {task.name!r} does not support the LDS benchmark (it lacks {', '.join(missing)})"
+        )
+    return task
 
 
 class ClassifierOutputsMixin:
-    """:meth:`Task.output_fn`, :meth:`Task.outputs` and :meth:`Task.train_weights` for
+    """:meth:`ModelOutputs.output_fn`, :meth:`~ModelOutputs.outputs` and :meth:`~ModelOutputs.train_weights` for
     classifiers: items are ``(x, y)`` with integer labels ``y`` and the downstream model
     maps a batch of ``x`` to logits ``(B, C)``.
 
     Put it before :class:`Task` in the bases; the class must implement
-    :meth:`Task.downstream_model`. The output is the margin
+    :meth:`ModelOutputs.downstream_model`. The output is the margin
     :math:`f = \\ell_y - \\log\\sum_{c\\ne y} e^{\\ell_c}` and the train weight
     :math:`1 - p_y = \\sigma(-f)` (with :math:`p = \\operatorname{softmax}(\\ell)`).
     """
