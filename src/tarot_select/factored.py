@@ -602,7 +602,10 @@ class FactoredGradientFeaturizer(GradientFeaturizer):
         """Block shapes, offsets and scales of every layer (see the module docstring)."""
         layers: list[FactoredLayer] = []
         if self.layout == "sum":
-            assert proj_dim is not None
+            if proj_dim is None:
+                raise TarotInputError(
+                    "layout 'sum' projects: it needs a proj_dim (use layout 'concat' for identity factors)"
+                )
             f_out, f_in = self.factor_dim
             if self.kind == "countsketch":  # exact gradient blocks, hashed: "blocks" are the whole layer
                 f_out = f_in = 1 << 62
@@ -1032,27 +1035,4 @@ class FactoredGradientFeaturizer(GradientFeaturizer):
                 "dim": self.small.dim,
                 "offset": self.small.offset,
             },
-        }
-
-    def metadata(self, checkpoints: Sequence[Checkpoint]) -> dict[str, Any]:
-        """Sidecar description of features made with these checkpoints (JSON-serialisable)."""
-        ckpts = self._check_checkpoints(checkpoints)
-        return {
-            "kind": "gradient",
-            "projector": self.projector_metadata(),
-            "param_patterns": self.patterns,
-            "param_names": list(self.param_names),
-            "n_params": self.n_params,
-            "combine": _COMBINE,
-            "checkpoints": [
-                {
-                    "name": c.label or f"checkpoint_{t}",
-                    "weight": c.weight,
-                    "dim": self.dim,
-                    "path": None if c.path is None else str(c.path),
-                    "preconditioner": None if c.preconditioner is None else "adam",
-                }
-                for t, c in enumerate(ckpts)
-            ],
-            "mode": self.mode,
         }

@@ -384,12 +384,16 @@ class GradientFeaturizer:
                 parts[t].append(block)
         return np.concatenate([np.concatenate(p, axis=0) for p in parts], axis=1)
 
+    def projector_metadata(self) -> dict[str, Any]:
+        """Settings that fix the projection (JSON-serialisable), the ``projector`` entry of sidecars."""
+        return self.projector.metadata()
+
     def metadata(self, checkpoints: Sequence[Checkpoint]) -> dict[str, Any]:
         """Sidecar description of features made with these checkpoints."""
         ckpts = self._check_checkpoints(checkpoints)
         return {
             "kind": "gradient",
-            "projector": self.projector.metadata(),
+            "projector": self.projector_metadata(),
             "param_patterns": self.patterns,
             "param_names": list(self.param_names),
             "n_params": self.n_params,
