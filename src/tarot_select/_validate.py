@@ -7,14 +7,16 @@ import math
 import numpy as np
 
 from .errors import TarotInputError
+from .io import release_rows
 
-_CHECK_ROWS = 65536
+_CHECK_ROWS = 8192
 
 
 def check_features(x: np.ndarray, name: str) -> np.ndarray:
     """Check that ``x`` is a non-empty 2-D floating array of finite values.
 
-    The scan runs in row blocks so that memory-mapped files are not loaded whole.
+    The scan runs in row blocks so that memory-mapped files are not loaded whole (their
+    pages are released again, :func:`~tarot_select.io.release_rows`).
     Returns ``x`` unchanged (no copy).
     """
     arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
@@ -29,6 +31,7 @@ def check_features(x: np.ndarray, name: str) -> np.ndarray:
     for start in range(0, arr.shape[0], _CHECK_ROWS):
         block = np.asarray(arr[start : start + _CHECK_ROWS])
         finite = np.isfinite(block).all(axis=1)
+        release_rows(arr, start, start + len(block))
         if not finite.all():
             bad = start + int(np.flatnonzero(~finite)[0])
             n_bad = int((~finite).sum())

@@ -19,6 +19,8 @@ from ._validate import check_pair, resolve_budget
 from .baselines import dsdm_scores, less_scores, random_selection, select_by_scores
 from .distance import OT_METHODS, OTMethod, ot_distance
 from .errors import TarotInputError
+from .io import take_rows
+from .knn import Neighbors
 from .result import Selection
 from .select import select_fixed_size, select_otm
 from .weight import optimal_weights, potential_counts
@@ -54,6 +56,7 @@ def select(
     checkpoint_weights: Sequence[float] | None = None,
     dsdm_ridge: float = 1e-4,
     wfd_features: tuple[np.ndarray, np.ndarray] | None = None,
+    neighbors: Neighbors | None = None,
     evaluate: bool = True,
     progress: bool = False,
 ) -> Selection:
@@ -86,6 +89,10 @@ def select(
         from the workflow's whitening stage. When given, ``whiten``/``normalize``/``eps``
         are not used and these drive ``tarot``/``otm``, weighting and evaluation, while
         ``candidates``/``targets`` still feed ``dsdm`` and ``less``.
+    neighbors : Neighbors, optional
+        Nearest WFD candidates of every target, precomputed on the same WFD features
+        (the workflow's whitening stage writes them); ``tarot``/``otm`` then skip their
+        own search unless they need deeper ranks. Results do not change.
     evaluate : bool
         Compute the OT distance of the selection to the target (whitened space).
 
@@ -101,7 +108,12 @@ def select(
         raise TarotInputError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     if ot_method not in OT_METHODS:
         raise TarotInputError(f"unknown OT method {ot_method!r}; choose one of {', '.join(OT_METHODS)}")
-    check_pair(candidates, targets)
+    if wfd_features is not None and method in ("tarot", "otm"):
+        # only the WFD features are read (and checked below); the raw ones must just fit
+        if candidates.ndim != 2 or targets.ndim != 2 or candidates.shape[1] != targets.shape[1]:
+            raise TarotInputError(f"candidates {candidates.shape} and targets {targets.shape} do not pair up")
+    else:
+        check_pair(candidates, targets)
     n = candidates.shape[0]
     if method == "otm":
         if budget is not None or ratio is not None:
@@ -130,7 +142,9 @@ def select(
 
     t0 = time.perf_counter()
     if method == "tarot":
-        sel = select_fixed_size(cand_w, targ_w, budget, ot_method=ot_method, reg=reg, progress=progress)
+        sel = select_fixed_size(
+            cand_w, targ_w, budget, ot_method=ot_method, reg=reg, progress=progress, neighbors=neighbors
+        )
     elif method == "otm":
         sel = select_otm(
             cand_w,
@@ -141,6 +155,7 @@ def select(
             ot_method=ot_method,
             reg=reg,
             progress=progress,
+            neighbors=neighbors,
         )
     elif method == "random":
         sel = random_selection(n, budget, seed=seed)
@@ -161,7 +176,7 @@ def select(
     weights = None
     if weighting is not None:
         t0 = time.perf_counter()
-        chosen = cand_w[sel.indices]
+        chosen = take_rows(cand_w, sel.indices)
         if weighting == "potential":
             weights = potential_counts(chosen, targ_w, repeat=repeat, ot_method=ot_method, reg=reg)
         else:
@@ -171,7 +186,7 @@ def select(
     dist = None
     if evaluate:
         t0 = time.perf_counter()
-        dist = ot_distance(cand_w[sel.indices], targ_w, method=ot_method, reg=reg).value
+        dist = ot_distance(take_rows(cand_w, sel.indices), targ_w, method=ot_method, reg=reg).value
         timings["evaluate"] = time.perf_counter() - t0
 
     info = dict(sel.info)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import platform
 import tempfile
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,67 @@ __all__ = [
     "sidecar_path",
     "write_json_atomic",
     "open_feature_writer",
+    "open_row_writer",
+    "release_rows",
+    "take_rows",
 ]
+
+
+def release_rows(arr: np.ndarray, start: int, stop: int) -> None:
+    """Drop rows ``[start, stop)`` of a memory-mapped array from this process's resident set.
+
+    Streaming a large ``np.memmap`` block by block otherwise leaves every page read (or
+    written) mapped, so resident memory grows to the file size. ``madvise(MADV_DONTNEED)``
+    unmaps the pages; the kernel's page cache keeps them (and writes dirty pages of a
+    shared writable map back to the file), so no data is lost and a later read is served
+    from the cache. Arrays that are not a whole C-contiguous ``np.memmap`` are left alone.
+    """
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or arr.base is not mm or not arr.flags.c_contiguous or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    row = arr.strides[0] if arr.ndim else arr.itemsize
+    base = arr.offset % mmap.ALLOCATIONGRANULARITY  # where the data starts inside the mapping
+    page = mmap.PAGESIZE
+    lo = base + start * row
+    hi = base + stop * row
+    lo = -(-lo // page) * page  # whole pages inside the range only
+    hi = min(hi, len(mm)) // page * page
+    if hi > lo:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):  # pragma: no cover - best effort
+            pass
+
+
+def take_rows(arr: np.ndarray, indices: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """Copy of ``arr[indices]`` (any order) that leaves no pages of a memory map resident.
+
+    Fancy indexing a memory map faults in whole page-cache folios around each row, so a
+    few hundred scattered rows can map hundreds of MiB. For a whole, C-contiguous
+    ``np.memmap`` the rows are read with ``readinto`` from its file instead (runs of
+    consecutive rows in one call); other arrays are indexed as usual.
+    """
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or arr.base is not mm or not arr.flags.c_contiguous or not getattr(arr, "filename", None):
+        return np.array(arr[idx], dtype=dtype)
+    if len(idx) and (idx.min() < 0 or idx.max() >= arr.shape[0]):
+        raise IndexError(f"row indices outside [0, {arr.shape[0]})")
+    order = np.argsort(idx, kind="stable")
+    rows = idx[order]
+    buf = np.empty((len(idx),) + arr.shape[1:], dtype=arr.dtype)
+    row_bytes = arr.strides[0]
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    with open(arr.filename, "rb", buffering=0) as fh:
+        for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
+            view = memoryview(buf[lo:hi]).cast("B")
+            fh.seek(arr.offset + int(rows[lo]) * row_bytes)
+            got = fh.readinto(view)
+            if got != len(view):
+                raise OSError(f"short read from {arr.filename}: {got} of {len(view)} bytes")
+    out = np.empty_like(buf, dtype=arr.dtype if dtype is None else dtype)
+    out[order] = buf
+    return out
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -176,6 +238,71 @@ def open_feature_writer(
         mm.flush()
         del mm
     write_json_atomic(sidecar_path(path), _full_meta(tuple(shape), np.dtype(dtype), meta))
+
+
+class RowWriter:
+    """Appends row blocks to an open ``.npy`` file (see :func:`open_row_writer`).
+
+    Writes run on one background thread (the copy into the page cache releases the GIL),
+    so the caller computes the next block meanwhile; at most two blocks wait in line.
+    """
+
+    def __init__(self, fh: Any, shape: tuple[int, int], dtype: np.dtype) -> None:
+        self._fh = fh
+        self.shape = shape
+        self.dtype = dtype
+        self.rows = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-writer")
+        self._pending: list[Future] = []
+
+    def write(self, block: np.ndarray) -> None:
+        """Append ``block`` (shape (b, d)), converted to the file's dtype."""
+        block = np.array(block, dtype=self.dtype, order="C")  # a private copy for the writer thread
+        if block.ndim != 2 or block.shape[1] != self.shape[1]:
+            raise TarotInputError(f"expected row blocks of width {self.shape[1]}, got shape {block.shape}")
+        if self.rows + block.shape[0] > self.shape[0]:
+            raise TarotInputError(f"more than the {self.shape[0]} rows declared")
+        while len(self._pending) >= 2:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._fh.write, memoryview(block).cast("B")))
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        """Wait for the queued writes (re-raising their errors) and stop the thread."""
+        try:
+            for fut in self._pending:
+                fut.result()
+        finally:
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def open_row_writer(
+    path: str | os.PathLike[str],
+    shape: tuple[int, int],
+    dtype: str | np.dtype = "float32",
+    meta: Mapping[str, Any] | None = None,
+) -> Iterator[RowWriter]:
+    """Yield a :class:`RowWriter` whose rows become ``path`` only if all arrive and the block exits cleanly.
+
+    Sequential ``write`` calls, unlike stores into a memory map, neither fault pages in
+    nor keep them resident, so streaming a large array costs only its row blocks.
+    """
+    dt = np.dtype(dtype)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False, "shape": tuple(shape)}
+            )
+            writer = RowWriter(fh, tuple(shape), dt)
+            try:
+                yield writer
+            finally:
+                writer.close()
+            if writer.rows != shape[0]:
+                raise TarotInputError(f"{path}: {writer.rows} rows written, {shape[0]} declared")
+    write_json_atomic(sidecar_path(path), _full_meta(tuple(shape), dt, meta))
 
 
 def load_features(path: str | os.PathLike[str], mmap: bool = True) -> FeatureSet:

@@ -12,6 +12,7 @@ Memory is :math:`O(\text{block\_rows}\cdot m + m k)`.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import TarotInputError
+from .io import atomic_path, release_rows
 
-__all__ = ["Neighbors", "nearest_neighbors"]
+__all__ = ["Neighbors", "TopK", "nearest_neighbors"]
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,92 @@ class Neighbors:
         ``indices[j, r]`` is the candidate at rank ``r`` (0 = nearest) for target ``j``.
     distances : np.ndarray, shape (m, k), float32
         The matching WFD distances, non-decreasing along each row.
+    n_candidates : int, optional
+        Size of the pool searched (-1 if unknown); :meth:`check` compares it.
     """
 
     indices: np.ndarray
     distances: np.ndarray
+    n_candidates: int = -1
 
     @property
     def k(self) -> int:
         return int(self.indices.shape[1])
+
+    def check(self, n_candidates: int, n_targets: int) -> Neighbors:
+        """Raise :class:`TarotInputError` unless these lists fit a pool of ``n_candidates`` and ``n_targets`` targets."""
+        if self.indices.ndim != 2 or self.indices.shape != self.distances.shape:
+            raise TarotInputError(f"neighbour lists have shapes {self.indices.shape} and {self.distances.shape}")
+        if self.indices.shape[0] != n_targets:
+            raise TarotInputError(f"neighbour lists cover {self.indices.shape[0]} targets, expected {n_targets}")
+        if self.n_candidates not in (-1, n_candidates):
+            raise TarotInputError(
+                f"neighbour lists were searched in {self.n_candidates} candidates, not {n_candidates}"
+            )
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n_candidates):
+            raise TarotInputError(f"neighbour indices fall outside the pool of {n_candidates} candidates")
+        return self
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``indices``, ``distances`` and ``n_candidates`` to an ``.npz``, atomically."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, indices=self.indices, distances=self.distances, n_candidates=self.n_candidates)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Neighbors:
+        """Read what :meth:`save` wrote."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(z["indices"].astype(np.int64), z["distances"], int(z["n_candidates"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise TarotInputError(f"cannot read neighbour lists from {path}: {exc}") from None
+
+
+class TopK:
+    r"""Running ``k`` best candidates of every target, fed one candidate block at a time.
+
+    Parameters
+    ----------
+    targets : np.ndarray, shape (m, d)
+    k : int
+        Neighbours to keep per target.
+
+    Each :meth:`add` scores a block :math:`X_b` against all targets with one matmul,
+    :math:`S = 2YX_b^\top - \mathbf{1}\lVert x\rVert^{2\top}` (shape (m, b)), keeps its
+    per-target top-k and merges it into the running lists; ties go to the lower index.
+    """
+
+    def __init__(self, targets: np.ndarray, k: int) -> None:
+        self.y = torch.from_numpy(np.array(targets, dtype=np.float32))  # (m, d), a writable copy
+        m = self.y.shape[0]
+        self.k = int(k)
+        self.best_s = torch.full((m, self.k), -torch.inf)
+        self.best_i = torch.zeros((m, self.k), dtype=torch.int64)
+        self.seen = 0
+
+    def add(self, block: np.ndarray | torch.Tensor, start: int) -> None:
+        """Merge candidates ``start .. start + len(block)`` (rows of ``block``, shape (b, d))."""
+        x = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block, dtype=np.float32))
+        scores = torch.addmm(-(x * x).sum(1)[None, :], self.y, x.T, alpha=2.0)  # (m, b), rows contiguous
+        s, i = torch.topk(scores, min(self.k, x.shape[0]), dim=1, sorted=False)
+        all_s = torch.cat([self.best_s, s], 1)
+        all_i = torch.cat([self.best_i, i + start], 1)
+        # deterministic tie-break: sort by (score desc, index asc)
+        order = torch.argsort(all_i, dim=1, stable=True)
+        all_s = torch.gather(all_s, 1, order)
+        all_i = torch.gather(all_i, 1, order)
+        top = torch.argsort(-all_s, dim=1, stable=True)[:, : self.k]
+        self.best_s = torch.gather(all_s, 1, top)
+        self.best_i = torch.gather(all_i, 1, top)
+        self.seen += x.shape[0]
+
+    def result(self) -> Neighbors:
+        r"""The lists so far, with distances :math:`\sqrt{\lVert y\rVert^2 - S}`."""
+        if self.seen < self.k:
+            raise TarotInputError(f"k must be in [1, {self.seen}] (the pool size), got {self.k}")
+        ysq = (self.y * self.y).sum(1)[:, None]
+        dist = torch.sqrt(torch.clamp(ysq - self.best_s, min=0.0))
+        return Neighbors(indices=self.best_i.numpy(), distances=dist.numpy(), n_candidates=self.seen)
 
 
 def nearest_neighbors(
@@ -57,7 +137,7 @@ def nearest_neighbors(
     Parameters
     ----------
     candidates : np.ndarray, shape (n, d)
-        Possibly a memory map; read in row blocks.
+        Possibly a memory map; read in row blocks (and its pages released again).
     targets : np.ndarray, shape (m, d)
     k : int
         Neighbours per target, ``1 <= k <= n``.
@@ -69,27 +149,12 @@ def nearest_neighbors(
     Neighbors
         Ties are broken towards the lower candidate index, so results are deterministic.
     """
-    n, m = candidates.shape[0], targets.shape[0]
+    n = candidates.shape[0]
     if not 1 <= k <= n:
         raise TarotInputError(f"k must be in [1, {n}] (the pool size), got {k}")
-    y = torch.from_numpy(np.array(targets, dtype=np.float32))  # (m, d), a writable copy
-    best_s = torch.full((k, m), -torch.inf)
-    best_i = torch.zeros((k, m), dtype=torch.int64)
-    blocks = range(0, n, block_rows)
-    for start in tqdm(blocks, desc="nearest neighbours", disable=not progress, unit="block"):
+    top = TopK(targets, k)
+    for start in tqdm(range(0, n, block_rows), desc="nearest neighbours", disable=not progress, unit="block"):
         x = torch.from_numpy(np.array(candidates[start : start + block_rows], dtype=np.float32))
-        scores = 2.0 * (x @ y.T) - (x * x).sum(1, keepdim=True)  # (b, m)
-        kk = min(k, x.shape[0])
-        s, i = torch.topk(scores, kk, dim=0, sorted=False)  # (kk, m)
-        all_s = torch.cat([best_s, s], 0)
-        all_i = torch.cat([best_i, i + start], 0)
-        # deterministic tie-break: sort by (score desc, index asc)
-        order = torch.argsort(all_i, dim=0, stable=True)
-        all_s = torch.gather(all_s, 0, order)
-        all_i = torch.gather(all_i, 0, order)
-        top = torch.argsort(-all_s, dim=0, stable=True)[:k]
-        best_s = torch.gather(all_s, 0, top)
-        best_i = torch.gather(all_i, 0, top)
-    ysq = (y * y).sum(1)[None, :]
-    dist = torch.sqrt(torch.clamp(ysq - best_s, min=0.0))
-    return Neighbors(indices=best_i.T.contiguous().numpy(), distances=dist.T.contiguous().numpy())
+        release_rows(candidates, start, start + x.shape[0])
+        top.add(x, start)
+    return top.result()

@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import torch
 from scipy import linalg
-from scipy.stats import rankdata
 
 from ._validate import check_pair
 from .distance import pairwise_wfd
@@ -263,6 +262,8 @@ def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise TarotInputError(f"need at least 2 rows (observations), got {a.shape[0]}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise TarotInputError("spearman_columns: inputs hold NaN or Inf")
+    from scipy.stats import rankdata  # scipy.stats takes ~0.7 s to import; only LDS needs it
+
     ra = rankdata(a, axis=0)
     rb = rankdata(b, axis=0)
     ra -= ra.mean(axis=0)

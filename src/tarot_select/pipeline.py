@@ -22,15 +22,25 @@ from typing import Any
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from .api import select
 from .errors import TarotInputError
 from .featurize import Checkpoint, GradientFeaturizer
 from .gradients import AdamPreconditioner, select_parameters
-from .io import atomic_path, load_features, open_feature_writer, save_features, write_json_atomic
+from .io import (
+    atomic_path,
+    load_features,
+    open_feature_writer,
+    open_row_writer,
+    release_rows,
+    sidecar_path,
+    write_json_atomic,
+)
+from .knn import Neighbors, TopK
 from .result import Selection
 from .tasks import Task, get_task
-from .whiten import Whitener, WhiteningStats
+from .whiten import DEFAULT_BLOCK_ROWS, Whitener, WhiteningStats
 
 __all__ = [
     "load_task",
@@ -52,7 +62,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Feature files a selection reads (keys of the select rule's input).
-FEATURE_KEYS: tuple[str, ...] = ("candidates", "targets", "candidates_adam", "wfd_candidates", "wfd_targets")
+FEATURE_KEYS: tuple[str, ...] = (
+    "candidates",
+    "targets",
+    "candidates_adam",
+    "wfd_candidates",
+    "wfd_targets",
+    "wfd_neighbors",
+)
 
 #: Reference "selections" that are not chosen by a method.
 REFERENCES: tuple[str, ...] = ("full", "target_only")
@@ -286,11 +303,16 @@ def whiten_features(
     normalize: bool = True,
     eps: float = 1e-5,
     stats: list[str] | None = None,
+    out_neighbors: str | os.PathLike[str] | None = None,
+    neighbors_k: int = 16,
 ) -> None:
     """Fit the whitening on candidates ∪ targets and write both WFD feature files.
 
     With ``stats`` (the per-shard sums of candidates and targets), the fit merges them
-    instead of reading the features; the transform then streams row blocks.
+    instead of reading the features. The transform streams row blocks to disk. With
+    ``out_neighbors``, the same pass also finds the ``neighbors_k`` nearest WFD
+    candidates of every target (:class:`~tarot_select.knn.TopK` on each whitened block)
+    and saves them, so that selections need not search the pool again.
     """
     cand, targ = load_features(candidates), load_features(targets)
     w = Whitener(method, normalize=normalize, eps=eps)
@@ -304,9 +326,26 @@ def whiten_features(
         w.fit_stats(merged)
     else:
         w.fit(cand.array, targ.array)
-    for src, fs, dst in ((candidates, cand, out_candidates), (targets, targ, out_targets)):
-        meta = {"source": str(src), "whitening": w.metadata(), "made_from": fs.meta}
-        save_features(dst, w.transform(fs.array), meta)
+    targ_w = w.transform(targ.array)
+    meta = {"source": str(targets), "whitening": w.metadata(), "made_from": targ.meta}
+    with open_row_writer(out_targets, targ_w.shape, dtype=w.compute_dtype, meta=meta) as out:
+        out.write(targ_w)
+    n = cand.array.shape[0]
+    top = TopK(targ_w, min(int(neighbors_k), n)) if out_neighbors is not None else None
+    meta = {"source": str(candidates), "whitening": w.metadata(), "made_from": cand.meta}
+    with open_row_writer(out_candidates, cand.array.shape, dtype=w.compute_dtype, meta=meta) as out:
+        for start in tqdm(range(0, n, DEFAULT_BLOCK_ROWS), desc="whiten", unit="block", disable=n < 100_000):
+            z = w.transform(cand.array[start : start + DEFAULT_BLOCK_ROWS])
+            release_rows(cand.array, start, start + DEFAULT_BLOCK_ROWS)
+            out.write(z)
+            if top is not None:
+                top.add(z, start)
+    if top is not None and out_neighbors is not None:
+        top.result().save(out_neighbors)
+        write_json_atomic(
+            sidecar_path(out_neighbors),
+            {"k": top.k, "n_candidates": n, "n_targets": int(targ_w.shape[0]), "features": str(out_candidates)},
+        )
 
 
 def make_selection(
@@ -320,7 +359,8 @@ def make_selection(
     """Run one selection and write ``index,weight`` CSV + sidecar.
 
     ``features`` maps ``candidates``, ``targets``, ``candidates_adam``, ``wfd_candidates``,
-    ``wfd_targets`` to files. ``method`` may also be ``full`` / ``target_only`` (all
+    ``wfd_targets`` and optionally ``wfd_neighbors`` (the whitening stage's neighbour
+    lists, used by ``tarot``/``otm``) to files. ``method`` may also be ``full`` / ``target_only`` (all
     candidates / all targets) or ``tarot_weighted`` (TAROT + OT-potential weights).
     """
     cand = load_features(features["candidates"])
@@ -338,6 +378,8 @@ def make_selection(
         return sel
     wfd = (load_features(features["wfd_candidates"]).array, load_features(features["wfd_targets"]).array)
     base = "tarot" if method == "tarot_weighted" else method
+    nb_path = features.get("wfd_neighbors")
+    neighbors = Neighbors.load(nb_path) if nb_path and base in ("tarot", "otm") else None
     raw_cand = load_features(features["candidates_adam"]) if base == "less" else cand
     sel = select(
         base,
@@ -355,6 +397,7 @@ def make_selection(
         checkpoint_dims=raw_cand.checkpoint_dims,
         checkpoint_weights=raw_cand.checkpoint_weights,
         wfd_features=wfd,
+        neighbors=neighbors,
     )
     sel = sel.with_updates(method=method)
     sel.to_csv(out_csv, extra_meta=meta)

@@ -23,7 +23,10 @@ OTM
     OT distance to the *other* folds' targets is measured. Growth stops as soon as the
     distance rises (``patience`` consecutive non-improving rounds) and the selection at
     the **minimum** is kept (the released code keeps the one after it). The union over
-    folds is the selection; its size over the pool is the chosen ratio.
+    folds is the selection; its size over the pool is the chosen ratio. All rounds use one
+    solver (``auto``: exact when held-out × held-out entries fit the exact solver's
+    limit, else Sinkhorn warm-started from the previous round's target potentials), and
+    one nearest-neighbour search over all targets serves every fold.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._validate import check_pair, resolve_budget
-from .distance import OTMethod, ot_distance
+from .distance import MAX_EXACT_ENTRIES, OTMethod, ot_distance
 from .errors import TarotInputError
-from .knn import nearest_neighbors
+from .io import take_rows
+from .knn import Neighbors, nearest_neighbors
 from .result import Selection
 
 __all__ = ["select_fixed_size", "select_otm", "NeighborRanks"]
@@ -49,7 +53,8 @@ log = logging.getLogger(__name__)
 class NeighborRanks:
     """Nearest-neighbour ranks of each target, extended on demand.
 
-    Computes the first ``k`` ranks with a streamed exact search and, when a rank beyond
+    Starts from precomputed ``neighbors`` (e.g. written by the whitening stage) or
+    computes the first ``k`` ranks with a streamed exact search and, when a rank beyond
     them is asked for, recomputes with ``growth`` times more (capped at the pool size),
     so the total cost stays within a small factor of knowing the final ``k`` up front.
     """
@@ -62,6 +67,7 @@ class NeighborRanks:
         growth: int = 4,
         block_rows: int = 8192,
         progress: bool = False,
+        neighbors: Neighbors | None = None,
     ) -> None:
         self.candidates = candidates
         self.targets = targets
@@ -69,10 +75,15 @@ class NeighborRanks:
         self.growth = growth
         self.block_rows = block_rows
         self.progress = progress
-        self._compute(max(1, min(k, self.n)))
+        self.searches = 0
+        if neighbors is not None:
+            self.neighbors = neighbors.check(self.n, targets.shape[0])
+        else:
+            self._compute(max(1, min(k, self.n)))
 
     def _compute(self, k: int) -> None:
         log.debug("computing %d nearest candidates for %d targets", k, self.targets.shape[0])
+        self.searches += 1
         self.neighbors = nearest_neighbors(
             self.candidates, self.targets, k, block_rows=self.block_rows, progress=self.progress
         )
@@ -101,6 +112,7 @@ def select_fixed_size(
     reg: float = 0.01,
     block_rows: int = 8192,
     progress: bool = False,
+    neighbors: Neighbors | None = None,
 ) -> Selection:
     r"""TAROT fixed-size selection of exactly ``budget`` unique candidates.
 
@@ -114,6 +126,9 @@ def select_fixed_size(
         Exactly one: the number of samples, or the fraction of the pool.
     ot_method, reg
         Solver for the potentials of the fill step (see :func:`~tarot_select.distance.ot_distance`).
+    neighbors : Neighbors, optional
+        Precomputed nearest candidates of the targets (same features); ranks beyond
+        them are searched when needed. The selection is the same with or without.
 
     Returns
     -------
@@ -126,7 +141,12 @@ def select_fixed_size(
     budget = resolve_budget(n, budget, ratio)
     t0 = time.perf_counter()
     ranks = NeighborRanks(
-        candidates, targets, k=2 * math.ceil(budget / m) + 1, block_rows=block_rows, progress=progress
+        candidates,
+        targets,
+        k=2 * math.ceil(budget / m) + 1,
+        block_rows=block_rows,
+        progress=progress,
+        neighbors=neighbors,
     )
     t_knn = time.perf_counter() - t0
     chosen = np.zeros(n, dtype=bool)
@@ -146,7 +166,7 @@ def select_fixed_size(
         need = budget - count
         t1 = time.perf_counter()
         union = np.concatenate(order + [new])
-        res = ot_distance(candidates[union], targets, method=ot_method, reg=reg)
+        res = ot_distance(take_rows(candidates, union), targets, method=ot_method, reg=reg)
         f_new = res.potential_source[count:]
         keep = np.argsort(f_new, kind="stable")[:need]  # smallest potential first
         picked = new[keep]
@@ -164,6 +184,7 @@ def select_fixed_size(
             "potential_round_max": float(f_new.max()),
         }
     info["full_rounds"] = rank
+    info["neighbor_searches"] = ranks.searches
     indices = np.concatenate(order).astype(np.int64)
     return Selection(
         indices=indices,
@@ -197,6 +218,7 @@ def select_otm(
     reg: float = 0.01,
     block_rows: int = 8192,
     progress: bool = False,
+    neighbors: Neighbors | None = None,
 ) -> Selection:
     r"""OT-distance minimisation with K-fold cross-validation on the target.
 
@@ -212,6 +234,8 @@ def select_otm(
         Rounds without a new minimum before a fold stops (1: stop at the first rise).
     max_rank : int, optional
         Upper bound on neighbour ranks per fold (default: the pool size).
+    neighbors : Neighbors, optional
+        Precomputed nearest candidates of all targets, as for :func:`select_fixed_size`.
 
     Returns
     -------
@@ -229,24 +253,38 @@ def select_otm(
     union = np.zeros(n, dtype=bool)
     fold_info = []
     trace_all: list[float] = []
+    # One solver for every round, so that the trace compares like with like: "auto" is
+    # exact if a selection as large as the held-out set would still be a small problem.
+    held_max = m - min(len(f) for f in folds)
+    solver: OTMethod = ot_method
+    if solver == "auto":
+        solver = "exact" if held_max * held_max <= MAX_EXACT_ENTRIES else "sinkhorn"
+    # One neighbour search for all targets serves every fold (a fold's ranks are columns of it).
+    ranks = NeighborRanks(
+        candidates, targets, k=min(limit, 16), block_rows=block_rows, progress=progress, neighbors=neighbors
+    )
+    t_knn = time.perf_counter() - t0
     for fold in tqdm(folds, desc="OTM folds", disable=not progress):
         rest = np.setdiff1d(np.arange(m), fold)
-        held_out = targets[rest]
-        ranks = NeighborRanks(candidates, targets[fold], k=min(limit, 16), block_rows=block_rows)
+        held_out = np.asarray(targets[rest])
         chosen = np.zeros(n, dtype=bool)
         order: list[np.ndarray] = []
+        rows: list[np.ndarray] = []  # features of the selection, read once per round's new points
         size = 0
         trace: list[float] = []
         best, best_size, best_rank, since = math.inf, 0, -1, 0
+        g_prev = None  # held-out potentials of the previous round: Sinkhorn's warm start
         for rank in range(limit):
-            new = _new_in_round(ranks.column(rank), chosen)
+            new = _new_in_round(ranks.column(rank)[fold], chosen)
             if len(new) == 0:
                 continue
             chosen[new] = True
             order.append(new)
+            rows.append(take_rows(candidates, new))
             size += len(new)
-            sel = np.concatenate(order)
-            dist = ot_distance(candidates[sel], held_out, method=ot_method, reg=reg).value
+            res = ot_distance(np.concatenate(rows), held_out, method=solver, reg=reg, g_init=g_prev)
+            g_prev = res.potential_target if res.method == "sinkhorn" else None
+            dist = res.value
             trace.append(dist)
             if dist < best:
                 best, best_size, best_rank, since = dist, size, rank, 0
@@ -266,6 +304,13 @@ def select_otm(
         budget=None,
         ot_trace=tuple(trace_all),
         chosen_ratio=len(indices) / n,
-        timings={"total": time.perf_counter() - t0},
-        info={"n_folds": n_folds, "seed": seed, "patience": patience, "folds": fold_info},
+        timings={"knn": t_knn, "total": time.perf_counter() - t0},
+        info={
+            "n_folds": n_folds,
+            "seed": seed,
+            "patience": patience,
+            "solver": solver,
+            "neighbor_searches": ranks.searches,
+            "folds": fold_info,
+        },
     )

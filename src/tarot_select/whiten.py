@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import torch
 from scipy import linalg
 
 from .errors import TarotInputError
+from .io import release_rows
 
 __all__ = ["WhiteningStats", "Whitener", "whiten", "WHITEN_METHODS"]
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 
 WhitenMethod = Literal["cholesky", "zca", "none"]
 WHITEN_METHODS: tuple[str, ...] = ("cholesky", "zca", "none")
-DEFAULT_BLOCK_ROWS = 16384
+DEFAULT_BLOCK_ROWS = 4096
 
 
 @dataclass
@@ -66,6 +68,7 @@ class WhiteningStats:
             raise TarotInputError(f"whitening statistics expect (n, {self.dim}) rows, got shape {x.shape}")
         for start in range(0, x.shape[0], block_rows):
             block = np.asarray(x[start : start + block_rows], dtype=np.float64)
+            release_rows(x, start, start + block.shape[0])
             self.n += block.shape[0]
             self.sum += block.sum(axis=0)
             self.outer += block.T @ block
@@ -213,15 +216,20 @@ class Whitener:
             raise TarotInputError(f"whitener was fitted on {self.dim_} dims, got shape {x.shape}")
         if out is None:
             out = np.empty(x.shape, dtype=self.compute_dtype)
-        w = None if self.matrix_ is None else self.matrix_.astype(self.compute_dtype)
-        mu = None if self.mean_ is None else self.mean_.astype(self.compute_dtype)
+        dt = torch.float64 if self.compute_dtype == np.float64 else torch.float32
+        w = None if self.matrix_ is None else torch.as_tensor(self.matrix_, dtype=dt)
+        mu = None if self.mean_ is None else torch.as_tensor(self.mean_, dtype=dt)
+        tiny = torch.finfo(dt).tiny
         for start in range(0, x.shape[0], block_rows):
-            z = np.asarray(x[start : start + block_rows], dtype=self.compute_dtype)
+            z = torch.from_numpy(np.array(x[start : start + block_rows], dtype=self.compute_dtype))
+            stop = start + z.shape[0]
+            release_rows(x, start, stop)
             if w is not None:
-                z = (z - mu) @ w
+                z = torch.matmul(z.sub_(mu), w)
             if self.normalize:
-                z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), np.finfo(z.dtype).tiny)
-            out[start : start + z.shape[0]] = z
+                z.div_(torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_(min=tiny))
+            out[start:stop] = z.numpy()
+            release_rows(out, start, stop)
         return out
 
     def fit_transform(self, *arrays: np.ndarray) -> list[np.ndarray]:
