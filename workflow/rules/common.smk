@@ -117,6 +117,7 @@ def feature_files(wildcards):
         "candidates_adam": f"{base}/candidates_adam.npy",
         "wfd_candidates": f"{base}/wfd_candidates.npy",
         "wfd_targets": f"{base}/wfd_targets.npy",
+        "wfd_neighbors": f"{base}/wfd_neighbors.npz",
     }
 
 

@@ -8,6 +8,7 @@ rule whiten:
         candidates_sidecar=f"{RESULTS}/{{task}}/features/wfd_candidates.json",
         targets=f"{RESULTS}/{{task}}/features/wfd_targets.npy",
         targets_sidecar=f"{RESULTS}/{{task}}/features/wfd_targets.json",
+        neighbors=f"{RESULTS}/{{task}}/features/wfd_neighbors.npz",
     log:
         f"{RESULTS}/{{task}}/logs/whiten.log",
     benchmark:

@@ -13,4 +13,6 @@ with pipeline.stage(snakemake.log[0], snakemake.threads):
         normalize=w["normalize"],
         eps=w["eps"],
         stats=list(snakemake.input.stats),
+        out_neighbors=snakemake.output.neighbors,
+        neighbors_k=w["neighbors"],
     )
