@@ -197,14 +197,27 @@ def sinkhorn_log(
     rows = max(1, block_entries // max(m, 1))
     blocks = [(s, min(n, s + rows)) for s in range(0, n, rows)]
 
+    # One scratch block for every log-sum-exp: allocating a fresh (rows, m) temporary per
+    # block fragments the heap and can double the resident memory of a large problem.
+    buf = torch.empty((min(rows, n), m), dtype=dt)
+
+    def lse(z: torch.Tensor, dim: int) -> torch.Tensor:  # in place on z
+        mx = z.amax(dim=dim, keepdim=True).clamp_(min=torch.finfo(dt).min)
+        return z.sub_(mx).exp_().sum(dim=dim).log_().add_(mx.squeeze(dim))
+
     def update_g(f: torch.Tensor, e: float) -> torch.Tensor:
-        row = log_a + f / e
-        parts = [torch.logsumexp(torch.add(row[s:t, None], cost[s:t], alpha=-1.0 / e), dim=0) for s, t in blocks]
-        return -e * torch.logsumexp(torch.stack(parts), dim=0)
+        row = (log_a + f / e)[:, None]
+        parts = torch.empty((len(blocks), m), dtype=dt)
+        for k, (s, t) in enumerate(blocks):
+            parts[k] = lse(torch.add(row[s:t], cost[s:t], alpha=-1.0 / e, out=buf[: t - s]), 0)
+        return -e * lse(parts, 0)
 
     def update_f(g: torch.Tensor, e: float) -> torch.Tensor:
         col = (log_b + g / e)[None, :]
-        return torch.cat([-e * torch.logsumexp(torch.add(col, cost[s:t], alpha=-1.0 / e), dim=1) for s, t in blocks])
+        out = torch.empty(n, dtype=dt)
+        for s, t in blocks:
+            out[s:t] = lse(torch.add(col, cost[s:t], alpha=-1.0 / e, out=buf[: t - s]), 1)
+        return out.mul_(-e)
 
     cmax = float(cost.max()) if cost.numel() else 0.0
     if g_init is not None:
@@ -245,7 +258,7 @@ def sinkhorn_log(
     value = 0.0
     row, col = log_a + f / eps, (log_b + g / eps)[None, :]
     for s, t in blocks:
-        logp = torch.add(col, cost[s:t], alpha=-1.0 / eps).add_(row[s:t, None])
+        logp = torch.add(col, cost[s:t], alpha=-1.0 / eps, out=buf[: t - s]).add_(row[s:t, None])
         value += float(logp.exp_().mul_(cost[s:t]).sum(dtype=torch.float64))
     log.debug("sinkhorn %dx%d eps=%.3g: %d iterations, marginal error %.2g", n, m, eps, n_iter, err)
     return SinkhornResult(value, f.double().numpy(), g.double().numpy(), n_iter, err, converged)
