@@ -111,12 +111,10 @@ Config block
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
 import math
-import numbers
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -134,6 +132,7 @@ from ..lds import margin
 from . import register
 
 # Training pieces shared with the digits task (no task-specific messages in them).
+from ._config import check_block, check_int, check_real, merge_settings, seeded
 from ._training import check_indices, check_weights, epoch_order, set_lr, tensors
 from .base import SPLITS, ClassifierOutputsMixin, ProxyCheckpoint, Task, TaskData
 
@@ -429,13 +428,6 @@ class ResNet9(nn.Module):
         return self.head(h) * self.scale
 
 
-def _seeded_model(width: int, arch: str, seed: int) -> ResNet9:
-    """A :class:`ResNet9` initialised under ``torch.manual_seed(seed)``, global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ResNet9(width, arch)
-
-
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters (batch-norm running statistics not included)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -542,44 +534,17 @@ def _to_cpu(tree: Any) -> Any:
 # --------------------------------------------------------------------------- config checks
 
 
-def _merge(user: Mapping[str, Any]) -> dict[str, Any]:
-    """User values over :data:`DEFAULTS`; ``proxy`` / ``downstream`` are merged key by key."""
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in user.items():
-        if key in _NESTED and isinstance(value, Mapping):
-            out[key] = {**out[key], **dict(value)}
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise TarotInputError(f"cifar10: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+_merge = functools.partial(merge_settings, DEFAULTS, nested=_NESTED)
+_int = functools.partial(check_int, task="cifar10")
+_real = functools.partial(check_real, task="cifar10")
 
 
 def _optional_int(value: Any, name: str) -> int | None:
     return None if value is None else _int(value, name)
 
 
-def _real(value: Any, name: str, low: float, high: float = math.inf, low_open: bool = False) -> float:
-    """A finite real in ``[low, high)`` (``(low, high)`` with ``low_open``), or TarotInputError."""
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value < high
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high})"
-        raise TarotInputError(f"cifar10: {name} must be a finite number in {interval}, got {value!r}")
-    return float(value)
-
-
 def _check_training(block: Any, name: str) -> None:
-    if not isinstance(block, Mapping):
-        raise TarotInputError(f"cifar10: {name} must be a mapping, got {block!r}")
-    extra = sorted(set(block) - set(DEFAULTS[name]))
-    if extra:
-        logger.warning("cifar10: ignoring unknown %s keys %s", name, extra)
+    check_block(block, name, DEFAULTS[name], task="cifar10")
     epochs = _int(block["epochs"], f"{name}.epochs")
     _int(block["batch_size"], f"{name}.batch_size")
     _real(block["lr"], f"{name}.lr", 0.0, low_open=True)
@@ -771,7 +736,7 @@ class Cifar10Task(ClassifierOutputsMixin, Task):
     def proxy_model(self) -> nn.Module:
         """A fresh :class:`ResNet9` (``arch``, ``width``), initialised under ``manual_seed(seed)``."""
         _check_model(self.settings)
-        return _seeded_model(self.settings["width"], self.settings["arch"], self.seed)
+        return seeded(functools.partial(ResNet9, self.settings["width"], self.settings["arch"]), self.seed)
 
     def train_proxy(self, data: TaskData, out_dir: Path, progress: bool = False) -> list[ProxyCheckpoint]:
         """Train the proxy on candidates ∪ targets (``proxy.optimizer``, triangular lr per step).
@@ -864,7 +829,7 @@ class Cifar10Task(ClassifierOutputsMixin, Task):
         w = check_weights(weights, len(idx), "cifar10")
         cfg = self.settings["downstream"]
         device = torch.device(self.settings["device"])
-        model = _seeded_model(self.settings["width"], self.settings["arch"], int(seed)).to(device)
+        model = seeded(functools.partial(ResNet9, self.settings["width"], self.settings["arch"]), int(seed)).to(device)
         optimizer = _optimizer(model, cfg, "sgd")
         rng = np.random.default_rng([int(seed), _STREAM_DOWNSTREAM])
         _fit(

@@ -38,10 +38,8 @@ different learning rates and Adam moments (what TracIn- and LESS-style weighting
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
-import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -57,6 +55,7 @@ from tqdm.auto import tqdm
 from ..errors import TarotInputError
 from ..io import atomic_path, library_versions, write_json_atomic
 from . import register
+from ._config import check_block, check_int, check_real, merge_settings, seeded
 from ._training import adam, check_indices, check_weights, cosine_lr, epoch_order, run_epoch, set_lr, tensors
 from .base import SPLITS, ClassifierOutputsMixin, ProxyCheckpoint, Task, TaskData
 
@@ -237,37 +236,11 @@ class DigitsCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(h.flatten(1))))
 
 
-def _seeded_model(width: int, seed: int) -> DigitsCNN:
-    """A :class:`DigitsCNN` initialised under ``torch.manual_seed(seed)``, global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return DigitsCNN(width)
-
-
 # --------------------------------------------------------------------------- config checks
 
 
-def _merge(user: Mapping[str, Any]) -> dict[str, Any]:
-    """User values over :data:`DEFAULTS`; ``proxy`` / ``downstream`` are merged key by key."""
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in user.items():
-        if key in _NESTED and isinstance(value, Mapping):
-            out[key] = {**out[key], **dict(value)}
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise TarotInputError(f"digits: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise TarotInputError(f"digits: {name} must be a finite number > 0, got {value!r}")
-    return float(value)
+_merge = functools.partial(merge_settings, DEFAULTS, nested=_NESTED)
+_positive_int = functools.partial(check_int, task="digits")
 
 
 def _name_list(value: Any, name: str) -> list[str]:
@@ -283,14 +256,10 @@ def _name_list(value: Any, name: str) -> list[str]:
 
 
 def _check_training(block: Any, name: str, keys: Sequence[str]) -> None:
-    if not isinstance(block, Mapping):
-        raise TarotInputError(f"digits: {name} must be a mapping, got {block!r}")
-    extra = sorted(set(block) - set(DEFAULTS[name]))
-    if extra:
-        logger.warning("digits: ignoring unknown %s keys %s", name, extra)
+    check_block(block, name, DEFAULTS[name], task="digits")
     for key in keys:
         if key == "lr":
-            _positive_float(block[key], f"{name}.lr")
+            check_real(block[key], f"{name}.lr", 0.0, low_open=True, task="digits")
         else:
             _positive_int(block[key], f"{name}.{key}")
 
@@ -500,7 +469,7 @@ class DigitsTask(ClassifierOutputsMixin, Task):
     def proxy_model(self) -> nn.Module:
         """A fresh :class:`DigitsCNN` of width ``proxy.width``, initialised under ``manual_seed(seed)``."""
         self.check()
-        return _seeded_model(self.settings["proxy"]["width"], self.seed)
+        return seeded(functools.partial(DigitsCNN, self.settings["proxy"]["width"]), self.seed)
 
     def train_proxy(self, data: TaskData, out_dir: Path, progress: bool = False) -> list[ProxyCheckpoint]:
         """Train the proxy on candidates ∪ targets with Adam and a per-epoch cosine lr decay.
@@ -581,7 +550,7 @@ class DigitsTask(ClassifierOutputsMixin, Task):
         idx = check_indices(indices, len(y_all), split, "digits")
         w = check_weights(weights, len(idx), "digits")
         cfg = self.settings["downstream"]
-        model = _seeded_model(cfg["width"], int(seed))
+        model = seeded(functools.partial(DigitsCNN, cfg["width"]), int(seed))
         optimizer = adam(model, cfg["lr"])
         rng = np.random.default_rng([int(seed), _STREAM_DOWNSTREAM])
         x_all, y_all = x_all.float(), y_all.long()

@@ -52,12 +52,10 @@ share it; both train with Adam and a per-epoch cosine learning-rate decay, as in
 
 from __future__ import annotations
 
-import copy
 import functools
 import gzip
 import itertools
 import logging
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -71,6 +69,7 @@ from ..errors import TarotInputError
 from ..io import atomic_path, library_versions, write_json_atomic
 from ..lds import margin
 from . import register
+from ._config import check_block, check_int, check_real, merge_settings, seeded
 from ._training import adam, check_indices, check_weights, cosine_lr, epoch_order, run_epoch, set_lr, tensors
 from .base import SPLITS, ClassifierOutputsMixin, ProxyCheckpoint, Task, TaskData
 
@@ -224,46 +223,20 @@ class MnistMLP(nn.Module):
         return self.net(x.flatten(1))
 
 
-def _seeded_model(hidden: Sequence[int], seed: int) -> MnistMLP:
-    """A :class:`MnistMLP` initialised under ``torch.manual_seed(seed)``, global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return MnistMLP(hidden)
-
-
 # --------------------------------------------------------------------------- config checks
 
 
-def _merge(user: Mapping[str, Any]) -> dict[str, Any]:
-    """User values over :data:`DEFAULTS`; ``proxy`` / ``downstream`` are merged key by key."""
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in user.items():
-        if key in _NESTED and isinstance(value, Mapping):
-            out[key] = {**out[key], **dict(value)}
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise TarotInputError(f"mnist: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+_merge = functools.partial(merge_settings, DEFAULTS, nested=_NESTED)
+_int = functools.partial(check_int, task="mnist")
 
 
 def _check_training(block: Any, name: str) -> None:
-    if not isinstance(block, Mapping):
-        raise TarotInputError(f"mnist: {name} must be a mapping, got {block!r}")
-    extra = sorted(set(block) - set(DEFAULTS[name]))
-    if extra:
-        logger.warning("mnist: ignoring unknown %s keys %s", name, extra)
+    check_block(block, name, DEFAULTS[name], task="mnist")
     for key in DEFAULTS[name]:
-        value = block[key]
         if key == "lr":
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
-                raise TarotInputError(f"mnist: {name}.lr must be a finite number > 0, got {value!r}")
+            check_real(block[key], f"{name}.lr", 0.0, low_open=True, task="mnist")
         else:
-            _int(value, f"{name}.{key}")
+            _int(block[key], f"{name}.{key}")
 
 
 # --------------------------------------------------------------------------- task
@@ -408,7 +381,7 @@ class MnistTask(ClassifierOutputsMixin, Task):
     def proxy_model(self) -> nn.Module:
         """A fresh :class:`MnistMLP` (widths ``hidden``), initialised under ``manual_seed(seed)``."""
         self.check()
-        return _seeded_model(self.settings["hidden"], self.seed)
+        return seeded(functools.partial(MnistMLP, self.settings["hidden"]), self.seed)
 
     def train_proxy(self, data: TaskData, out_dir: Path, progress: bool = False) -> list[ProxyCheckpoint]:
         """Train the proxy on candidates ∪ targets with Adam and a per-epoch cosine lr decay.
@@ -479,7 +452,7 @@ class MnistTask(ClassifierOutputsMixin, Task):
         idx = check_indices(indices, len(y_all), split, "mnist")
         w = check_weights(weights, len(idx), "mnist")
         cfg = self.settings["downstream"]
-        model = _seeded_model(self.settings["hidden"], int(seed))
+        model = seeded(functools.partial(MnistMLP, self.settings["hidden"]), int(seed))
         optimizer = adam(model, cfg["lr"])
         rng = np.random.default_rng([int(seed), _STREAM_DOWNSTREAM])
         x_all, y_all = x_all.float(), y_all.long()
