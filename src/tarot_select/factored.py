@@ -136,7 +136,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import TarotInputError
-from .featurize import _COMBINE, Checkpoint, GradientFeaturizer
+from .featurize import Checkpoint, GradientFeaturizer, check_model_and_loss
 from .gradients import (
     AdamPreconditioner,
     LossFn,
@@ -441,10 +441,7 @@ class FactoredGradientFeaturizer(GradientFeaturizer):
         params: Sequence[str] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TarotInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(loss_fn):
-            raise TarotInputError("loss_fn must be callable: loss_fn(forward, sample) -> scalar tensor")
+        check_model_and_loss(model, loss_fn)
         if proj_kind not in FACTORED_KINDS:
             raise TarotInputError(
                 f"unknown factored projection kind {proj_kind!r}; allowed: {', '.join(FACTORED_KINDS)}"

@@ -147,6 +147,14 @@ def _progress_total(batches: Any) -> int | None:
         return None
 
 
+def check_model_and_loss(model: Any, loss_fn: Any) -> None:
+    """Raise :class:`TarotInputError` unless ``model`` is a module and ``loss_fn`` is callable."""
+    if not isinstance(model, nn.Module):
+        raise TarotInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TarotInputError("loss_fn must be callable: loss_fn(forward, sample) -> scalar tensor")
+
+
 class GradientFeaturizer:
     """Projected per-sample gradient features over a training trajectory.
 
@@ -189,10 +197,7 @@ class GradientFeaturizer:
         mode: str = "vmap",
         device: str | torch.device = "cpu",
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TarotInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(loss_fn):
-            raise TarotInputError("loss_fn must be callable: loss_fn(forward, sample) -> scalar tensor")
+        check_model_and_loss(model, loss_fn)
         if mode not in GRADIENT_MODES:
             raise TarotInputError(f"unknown gradient mode {mode!r}; allowed: {', '.join(GRADIENT_MODES)}")
         try:

@@ -39,6 +39,12 @@ __all__ = [
 ]
 
 
+def _whole_memmap(arr: np.ndarray) -> mmap.mmap | None:
+    """The mapping behind ``arr`` if it is a whole, C-contiguous ``np.memmap`` (not a view of one)."""
+    mm = getattr(arr, "_mmap", None)
+    return mm if mm is not None and arr.base is mm and arr.flags.c_contiguous else None
+
+
 def release_rows(arr: np.ndarray, start: int, stop: int) -> None:
     """Drop rows ``[start, stop)`` of a memory-mapped array from this process's resident set.
 
@@ -48,8 +54,8 @@ def release_rows(arr: np.ndarray, start: int, stop: int) -> None:
     shared writable map back to the file), so no data is lost and a later read is served
     from the cache. Arrays that are not a whole C-contiguous ``np.memmap`` are left alone.
     """
-    mm = getattr(arr, "_mmap", None)
-    if mm is None or arr.base is not mm or not arr.flags.c_contiguous or not hasattr(mmap, "MADV_DONTNEED"):
+    mm = _whole_memmap(arr)
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
         return
     row = arr.strides[0] if arr.ndim else arr.itemsize
     base = arr.offset % mmap.ALLOCATIONGRANULARITY  # where the data starts inside the mapping
@@ -74,8 +80,7 @@ def take_rows(arr: np.ndarray, indices: np.ndarray, dtype: np.dtype | type | Non
     consecutive rows in one call); other arrays are indexed as usual.
     """
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    mm = getattr(arr, "_mmap", None)
-    if mm is None or arr.base is not mm or not arr.flags.c_contiguous or not getattr(arr, "filename", None):
+    if _whole_memmap(arr) is None or not getattr(arr, "filename", None):
         return np.array(arr[idx], dtype=dtype)
     if len(idx) and (idx.min() < 0 or idx.max() >= arr.shape[0]):
         raise IndexError(f"row indices outside [0, {arr.shape[0]})")
