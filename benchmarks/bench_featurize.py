@@ -56,7 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tarot_select.factored import FactoredGradientFeaturizer
 from tarot_select.gradients import flatten_gradients, per_sample_gradients
 from tarot_select.project import BLOCK_ROWS, CountSketchProjector, DenseProjector
-from tarot_select.tasks.cifar10 import ResNet9
+from tarot_select.tasks.cifar10.task import ResNet9
 
 DIM = 4096
 BATCH = 64

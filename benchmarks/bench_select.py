@@ -162,9 +162,9 @@ def child(approach: str, args: argparse.Namespace) -> dict:
         # The pipeline's stages: whiten_features streams both files to WFD files, then
         # the selections read them as memory maps.
         from tarot_select import api
+        from tarot_select.experiments.stages import whiten_features
         from tarot_select.io import load_features
         from tarot_select.knn import Neighbors
-        from tarot_select.pipeline import whiten_features
 
         wc, wt, wn = (os.path.join(args.out, f"wfd_{k}") for k in ("candidates.npy", "targets.npy", "neighbors.npz"))
         budget = round(args.ratio * args.n)

@@ -34,10 +34,17 @@ def tiny_run(tmp_path_factory):
 
     Tests using it must be in xdist group ``"tiny"`` so that they share one run.
     """
-    from test_workflow import smk, write_config
+    from smk_helpers import smk, write_config
 
     tmp = tmp_path_factory.mktemp("tiny")
     cfg = write_config(tmp)
     res = smk("--cores", "2", "--configfile", str(cfg))
     assert res.returncode == 0, res.stderr[-5000:]
     return tmp, cfg
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that run the workflow (the tiny run, SLURM) are slow: ``-m "not slow"`` skips them."""
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()) or item.path.name == "test_slurm.py":
+            item.add_marker(pytest.mark.slow)

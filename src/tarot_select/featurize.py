@@ -32,18 +32,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import TarotInputError
-from .io import FeatureSet, load_features, open_feature_writer
-from .project import Projector, make_projector
-
 from .gradients import (
     GRADIENT_MODES,
     AdamPreconditioner,
     LossFn,
-    to_device,
     flatten_gradients,
     per_sample_gradients,
     select_parameters,
+    to_device,
 )
+from .io import FeatureSet, load_features, open_feature_writer
+from .project import Projector, make_projector
 
 __all__ = ["AdamPreconditioner", "Checkpoint", "GradientFeaturizer", "LossFn"]
 
@@ -276,15 +275,22 @@ class GradientFeaturizer:
         model = self.model
         was_training = model.training
         live = model.state_dict()
-        original = {k: v.detach().to("cpu", copy=True) for k, v in live.items()}
+        # Only what the checkpoints overwrite is saved for the restore: a checkpoint that
+        # holds a few adapter tensors of a 7 B model costs a copy of those, not of the model.
+        original: dict[str, torch.Tensor] = {}
         n_rows = n_expected
         try:
             model.eval()
             for t, ckpt in enumerate(checkpoints):
                 label = ckpt.label or f"checkpoint_{t}"
-                state = _unalias(ckpt.load(), live, original)
+                state = ckpt.load()
+                self._check_covers(state, live, label)
+                for k in state:
+                    if k not in original:
+                        original[k] = live[k].detach().to("cpu", copy=True)
+                state = _unalias(state, live, original)
                 try:
-                    model.load_state_dict(state, strict=True)
+                    model.load_state_dict(state, strict=len(state) == len(live))
                 except (RuntimeError, KeyError) as exc:
                     raise TarotInputError(f"cannot load {label} into the model: {exc}") from None
                 del state
@@ -312,8 +318,21 @@ class GradientFeaturizer:
                     )
                 logger.debug("%s: %d samples", label, start)
         finally:
-            model.load_state_dict(original)
+            model.load_state_dict(original, strict=False)
             model.train(was_training)
+
+    def _check_covers(self, state: Mapping[str, Any], live: Mapping[str, torch.Tensor], label: str) -> None:
+        """A checkpoint may hold part of the model (e.g. LoRA adapters, loaded over the
+        model's own weights), but only names of the model and every differentiated parameter."""
+        unknown = [k for k in state if k not in live]
+        if unknown:
+            raise TarotInputError(f"cannot load {label} into the model: unexpected keys {unknown[:5]}")
+        missing = [n for n in self.param_names if n not in state]
+        if missing:
+            raise TarotInputError(
+                f"{label} lacks differentiated parameters {missing[:5]}: a partial checkpoint must hold every "
+                "parameter the features use (features.params)"
+            )
 
     def _source(self, batches: Any, n_checkpoints: int) -> Callable[[], Iterable[Any]]:
         """A callable that returns a fresh iterable of batches for every checkpoint."""

@@ -10,7 +10,7 @@ Protocol
    examples, each of a fixed size :math:`k = \operatorname{round}(\alpha n)`
    (:func:`subset_masks`, boolean masks of shape ``(M, n)``).
 2. Train one model per subset and record its output :math:`f_j(S_s)` on every target
-   example :math:`z_j` (for classifiers the correct-class margin, :func:`margin`):
+   example :math:`z_j` (for classifiers the correct-class margin, :func:`tarot_select.outputs.margin`):
    ``outputs`` of shape ``(M, m)``.
 3. An attribution matrix :math:`\tau \in \mathbb{R}^{n\times m}` predicts
    :math:`g_j(S) = \sum_{i\in S}\tau_{ij}` (the paper's "average of attribution scores"
@@ -24,7 +24,7 @@ Scorers
 Every scorer maps training features :math:`X` ``(n, d)`` and target features :math:`Z`
 ``(m, d)`` to :math:`\tau` ``(n, m)`` (:data:`ATTRIBUTION_METHODS`,
 :func:`attribution_scores`); for LDS the features are (projected) gradients of the
-*model output* (the margin), not of the loss (:func:`gradient_features_for_lds`).
+*model output* (the margin), not of the loss (the workflow's LDS stages compute them).
 
 ``wfd``                    :math:`-\lVert \hat w(x_i) - \hat w(z_j)\rVert`, :math:`\hat w` = whiten
                            (fit on :math:`X`; ZCA by default) then unit-normalise (TAROT)
@@ -43,22 +43,17 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
-import torch
 from scipy import linalg
 
 from ._validate import check_pair
 from .distance import pairwise_wfd
 from .errors import TarotInputError
-from .featurize import Checkpoint, GradientFeaturizer
 from .whiten import Whitener
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .tasks.base import Task, TaskData
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -66,9 +61,7 @@ __all__ = [
     "attribution_scores",
     "ensemble_scores",
     "grad_dot_scores",
-    "gradient_features_for_lds",
     "lds",
-    "margin",
     "spearman_columns",
     "subset_masks",
     "trak_scores",
@@ -139,40 +132,6 @@ def subset_masks(n_train: int, n_subsets: int, fraction: float = 0.5, seed: int 
     masks = np.zeros((n_sub, n), dtype=bool)
     np.put_along_axis(masks, chosen, True, axis=1)
     return masks
-
-
-def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    r"""Correct-class margin, TRAK's model output for classification.
-
-    .. math:: f(z) = \ell_y - \log\sum_{c\ne y} e^{\ell_c} = \log\frac{p_y}{1-p_y},
-
-    with :math:`\ell` the logits and :math:`p = \operatorname{softmax}(\ell)`. Since the
-    cross-entropy is :math:`L = -\log p_y = \log(1 + e^{-f})`,
-    :math:`\partial L/\partial f = -(1-p_y)`: the factor TRAK puts in :math:`Q`.
-
-    Differentiable and usable under :func:`torch.func.vmap` / :func:`torch.func.grad`.
-
-    Parameters
-    ----------
-    logits : torch.Tensor, shape (B, C)
-        ``C >= 2`` classes.
-    labels : torch.Tensor, shape (B,), integer
-        Correct classes in ``0..C-1``.
-
-    Returns
-    -------
-    torch.Tensor, shape (B,)
-    """
-    if logits.ndim != 2 or logits.shape[-1] < 2:
-        raise TarotInputError(f"logits must have shape (B, C) with C >= 2, got {tuple(logits.shape)}")
-    labels = labels.reshape(-1).long()
-    if labels.shape[0] != logits.shape[0]:
-        raise TarotInputError(f"{labels.shape[0]} labels for {logits.shape[0]} rows of logits")
-    classes = torch.arange(logits.shape[-1], device=logits.device)
-    is_label = classes.unsqueeze(0) == labels.unsqueeze(1)
-    correct = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
-    others = torch.logsumexp(logits.masked_fill(is_label, float("-inf")), dim=1)
-    return correct - others
 
 
 # --------------------------------------------------------------------------- LDS
@@ -447,7 +406,7 @@ def trak_scores(
               \lambda = \text{ridge}\cdot\operatorname{tr}(X^\top X)/d ,
 
     where the rows of :math:`X` and :math:`Z` are (projected) gradients of the *model
-    output* (for classifiers the margin, :func:`margin`), not of the loss, and
+    output* (for classifiers the margin, :func:`tarot_select.outputs.margin`), not of the loss, and
     :math:`q_i = 1 - p_{y_i}(x_i)`, the probability the model does *not* give the correct
     class of training example :math:`i` (TRAK's out-to-loss term,
     :math:`-\partial L/\partial f`). ``train_weights=None`` means :math:`q = 1`.
@@ -595,83 +554,6 @@ def ensemble_scores(
         else:
             total += scores
     return total / len(feature_sets)
-
-
-# --------------------------------------------------------------------------- features
-
-
-def gradient_features_for_lds(
-    task: Task,
-    data: TaskData,
-    state: Mapping[str, torch.Tensor],
-    split: str,
-    proj_dim: int | None = 512,
-    seed: int = 0,
-    *,
-    proj_kind: str = "rademacher",
-    batch_size: int = 256,
-    params: Sequence[str] | None = None,
-    mode: str = "vmap",
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-) -> np.ndarray:
-    r"""Projected per-sample gradients of the model *output* of one trained model.
-
-    For every example :math:`z` of ``split``,
-    :math:`\phi(z) = P\,\nabla_\theta f(\theta; z)` with :math:`f` = ``task.output_fn``
-    (the margin for classifiers), :math:`\theta` = ``state`` loaded into
-    ``task.downstream_model()`` and :math:`P` the projector of kind ``proj_kind``
-    (seeded by ``seed``, so the same ``seed`` gives the same :math:`P` for train and
-    targets). One checkpoint of weight 1, through
-    :class:`~tarot_select.featurize.GradientFeaturizer`.
-
-    Parameters
-    ----------
-    task : Task
-        Must implement ``downstream_model`` and ``output_fn``.
-    data : TaskData
-    state : mapping of str to torch.Tensor
-        Weights of a trained downstream model (as returned by ``task.train_downstream``).
-    split : str
-        One of ``candidates``, ``targets``, ``evaluation``.
-    proj_dim : int or None, default 512
-        Projection dimension; ignored (may be None) for ``proj_kind="none"``.
-    seed : int, default 0
-        Seed of the projector.
-    proj_kind : str, default "rademacher"
-        See :func:`~tarot_select.project.make_projector`.
-    batch_size : int, default 256
-    params : sequence of str, optional
-        Parameter name patterns to differentiate (default: all).
-    mode : {"vmap", "loop"}, default "vmap"
-    device : str or torch.device, default "cpu"
-    progress : bool, default False
-
-    Returns
-    -------
-    np.ndarray, shape (n_split, proj_dim) (``(n_split, n_params)`` for ``proj_kind="none"``), float32
-    """
-    from .tasks import require_model_outputs  # the tasks package imports this module
-
-    model = require_model_outputs(task).downstream_model()
-    featurizer = GradientFeaturizer(
-        model,
-        task.output_fn,
-        proj_dim=None if proj_kind == "none" else proj_dim,
-        proj_kind=proj_kind,
-        seed=seed,
-        params=params,
-        mode=mode,
-        device=device,
-    )
-    dataset = data.split(split)
-    batch = _positive_int(batch_size, "batch_size")
-    return featurizer.featurize(
-        task.gradient_batches(dataset, batch),
-        [Checkpoint(state_dict=dict(state), weight=1.0, name=f"{split} output gradients")],
-        n_samples=len(dataset),  # type: ignore[arg-type]
-        progress=progress,
-    )
 
 
 # --------------------------------------------------------------------------- helpers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -104,3 +105,23 @@ class Selection:
             meta.update(extra_meta)
         write_json_atomic(sidecar_path(path), meta)
         return Path(path)
+
+
+def read_selection(csv_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Indices, weights and sidecar of a selection CSV written by :meth:`Selection.to_csv`.
+
+    Returns
+    -------
+    indices : np.ndarray, shape (k,), int64
+    weights : np.ndarray, shape (k,)
+        int64 repeat counts for potential-weighted selections, float64 otherwise.
+    meta : dict
+        The JSON sidecar.
+    """
+    table = np.loadtxt(csv_path, delimiter=",", skiprows=1, ndmin=2)
+    meta = json.loads(Path(sidecar_path(csv_path)).read_text())
+    indices = table[:, 0].astype(np.int64)
+    weights = table[:, 1]
+    if meta.get("weighting") == "potential":
+        weights = weights.astype(np.int64)
+    return indices, weights, meta

@@ -1,10 +1,12 @@
 # Config validation, names of things, and input functions shared by the rules.
+# Torch-free: planning a run imports only the tasks' settings dataclasses.
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from tarot_select.config import check_config
 from tarot_select.errors import TarotInputError
-from tarot_select.pipeline import selection_name
+from tarot_select.experiments import plan
+from tarot_select.experiments.config import check_config
+from tarot_select.experiments.naming import selection_name
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 try:
@@ -13,12 +15,19 @@ except TarotInputError as exc:
     raise WorkflowError(f"config error: {exc}") from None
 
 RESULTS = config["results"]
-TASKS = list(config["tasks"])
+# Units: one per (task, target set); a single-target task is one unit of its own name.
+UNITS = plan.units(config)
+TASKS = list(UNITS)
 LDS = config["lds"]
 LDS_TASKS = list(LDS["tasks"]) if LDS["enabled"] else []
+# What the LDS subset masks and the LDS scoring depend on (their jobs' params).
+LDS_SUBSETS = {key: LDS[key] for key in ("subsets", "fraction")}
+LDS_SCORING = {
+    key: LDS[key]
+    for key in ("methods", "ensembles", "whitening", "eps", "ridge", "bootstrap")
+}
 SEEDS = [int(s) for s in config["seeds"]]
-FEATURE_SPLITS = ["candidates", "targets", "candidates_adam"]
-RESOURCE_DEFAULTS = {"mem_mb": 2000, "runtime": 30, "threads": 1, "gpu": 0}
+SELECTIONS = plan.selections(config)
 
 
 wildcard_constraints:
@@ -31,26 +40,49 @@ wildcard_constraints:
     member="[0-9]+",
 
 
-def selections():
-    """Names of every selection the config asks for (see pipeline.selection_name)."""
-    ratios = config["ratios"]
-    names = [selection_name(m, r) for m in config["methods"] for r in ratios]
-    if config["weighting"]["enabled"]:
-        names += [selection_name("tarot_weighted", r) for r in ratios]
-    if config["otm"]["enabled"]:
-        names.append("otm")
-    return names + list(config["references"])
+def pool_of(name):
+    """The task block (candidate pool and proxy) of a unit or task name."""
+    unit = UNITS.get(name)
+    return unit.task if unit is not None else name
 
 
-SELECTIONS = selections()
+def pool_path(wildcards, leaf):
+    return f"{RESULTS}/{pool_of(wildcards.task)}/{leaf}"
+
+
+def data_dir(wildcards):
+    """The prepared data of the unit's pool."""
+    return pool_path(wildcards, "data")
+
+
+def proxy_dir(wildcards):
+    """The proxy checkpoints of the unit's pool."""
+    return pool_path(wildcards, "proxy")
+
+
+def job_params(stage):
+    """Params of a job of ``stage``: the task settings it depends on, seed, device, target."""
+
+    def params(wildcards):
+        name = wildcards.task
+        task = pool_of(name)
+        unit = UNITS.get(name)
+        return {
+            **plan.stage_params(config, task, stage),
+            "device": plan.task_device(config, task),
+            "target": unit.target if unit is not None else None,
+        }
+
+    return params
 
 
 def res(rule_name, key):
-    """Resource ``key`` of ``rule_name`` from config.resources (falling back to default)."""
-    table = config["resources"]
-    value = table.get(rule_name, {}).get(key)
-    if value is None:
-        value = table.get("default", {}).get(key, RESOURCE_DEFAULTS[key])
+    """Resource ``key`` of ``rule_name`` for the job's task (task block, then config.resources)."""
+
+    def value(wildcards):
+        task = pool_of(wildcards.task) if "task" in wildcards.keys() else None
+        return plan.resource(config, rule_name, key, task)
+
     return value
 
 
@@ -109,12 +141,13 @@ def lds_member_files(wildcards):
 
 
 def feature_files(wildcards):
-    """Raw and whitened feature files a selection reads."""
+    """Raw and whitened feature files a selection reads (candidates from the pool)."""
     base = f"{RESULTS}/{wildcards.task}/features"
+    pool = pool_path(wildcards, "features")
     return {
-        "candidates": f"{base}/candidates.npy",
+        "candidates": f"{pool}/candidates.npy",
         "targets": f"{base}/targets.npy",
-        "candidates_adam": f"{base}/candidates_adam.npy",
+        "candidates_adam": f"{pool}/candidates_adam.npy",
         "wfd_candidates": f"{base}/wfd_candidates.npy",
         "wfd_targets": f"{base}/wfd_targets.npy",
         "wfd_neighbors": f"{base}/wfd_neighbors.npz",
@@ -129,12 +162,20 @@ def feature_shards(wildcards):
     )
 
 
+def pool_candidates(wildcards):
+    """The pool's candidate features (shared by every target set of the task)."""
+    return pool_path(wildcards, "features/candidates.npy")
+
+
 def whitening_stats(wildcards):
-    """Per-shard whitening sums of candidates and targets."""
+    """Per-shard whitening sums of the pool's candidates and the unit's targets."""
+    shards = range(config["features"]["shards"])
     return expand(
-        f"{RESULTS}/{wildcards.task}/features/shards/{{split}}.{{shard}}.stats.npz",
-        split=["candidates", "targets"],
-        shard=range(config["features"]["shards"]),
+        pool_path(wildcards, "features/shards/candidates.{shard}.stats.npz"),
+        shard=shards,
+    ) + expand(
+        f"{RESULTS}/{wildcards.task}/features/shards/targets.{{shard}}.stats.npz",
+        shard=shards,
     )
 
 

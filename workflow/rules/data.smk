@@ -11,5 +11,7 @@ rule prepare_data:
     resources:
         mem_mb=res("prepare_data", "mem_mb"),
         runtime=res("prepare_data", "runtime"),
+    params:
+        job=job_params("data"),
     script:
         "../scripts/prepare_data.py"

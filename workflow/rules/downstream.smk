@@ -1,6 +1,6 @@
 rule train_downstream:
     input:
-        data=f"{RESULTS}/{{task}}/data",
+        data=data_dir,
         selection=f"{RESULTS}/{{task}}/selections/{{selection}}.csv",
     output:
         model=f"{RESULTS}/{{task}}/models/{{selection}}/seed{{seed}}.pt",
@@ -15,13 +15,15 @@ rule train_downstream:
         mem_mb=res("train_downstream", "mem_mb"),
         runtime=res("train_downstream", "runtime"),
         gpu=res("train_downstream", "gpu"),
+    params:
+        job=job_params("downstream"),
     script:
         "../scripts/train_downstream.py"
 
 
 rule evaluate:
     input:
-        data=f"{RESULTS}/{{task}}/data",
+        data=data_dir,
         model=f"{RESULTS}/{{task}}/models/{{selection}}/seed{{seed}}.pt",
         selection=f"{RESULTS}/{{task}}/selections/{{selection}}.csv",
     output:
@@ -36,5 +38,7 @@ rule evaluate:
     resources:
         mem_mb=res("evaluate", "mem_mb"),
         runtime=res("evaluate", "runtime"),
+    params:
+        job=job_params("downstream"),
     script:
         "../scripts/evaluate.py"

@@ -5,8 +5,8 @@
 
 rule dump_gradients:
     input:
-        data=f"{RESULTS}/{{task}}/data",
-        proxy=f"{RESULTS}/{{task}}/proxy",
+        data=data_dir,
+        proxy=proxy_dir,
     output:
         features=f"{RESULTS}/{{task}}/features/shards/{{split}}.{{shard}}.npy",
         sidecar=f"{RESULTS}/{{task}}/features/shards/{{split}}.{{shard}}.json",
@@ -23,8 +23,8 @@ rule dump_gradients:
         runtime=res("dump_gradients", "runtime"),
         gpu=res("dump_gradients", "gpu"),
     params:
+        job=job_params("proxy"),
         features=config["features"],
-        device=config["device"],
     script:
         "../scripts/dump_gradients.py"
 

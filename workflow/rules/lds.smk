@@ -6,7 +6,7 @@
 
 rule lds_masks:
     input:
-        data=f"{RESULTS}/{{task}}/data",
+        data=data_dir,
         external=lds_external_masks,
     output:
         masks=f"{RESULTS}/{{task}}/lds/masks.npy",
@@ -22,15 +22,15 @@ rule lds_masks:
         mem_mb=res("lds_masks", "mem_mb"),
         runtime=res("lds_masks", "runtime"),
     params:
-        lds=config["lds"],
-        seed=config["seed"],
+        job=job_params("data"),
+        subsets=LDS_SUBSETS,
     script:
         "../scripts/lds_masks.py"
 
 
 rule lds_train_subsets:
     input:
-        data=f"{RESULTS}/{{task}}/data",
+        data=data_dir,
         masks=f"{RESULTS}/{{task}}/lds/masks.npy",
     output:
         outputs=f"{RESULTS}/{{task}}/lds/outputs/chunk{{chunk}}.npy",
@@ -47,6 +47,7 @@ rule lds_train_subsets:
         runtime=res("lds_train_subsets", "runtime"),
         gpu=res("lds_train_subsets", "gpu"),
     params:
+        job=job_params("downstream"),
         n_chunks=config["lds"]["chunks"],
     script:
         "../scripts/lds_train_subsets.py"
@@ -76,7 +77,7 @@ rule lds_gather_outputs:
 
 rule lds_member:
     input:
-        data=f"{RESULTS}/{{task}}/data",
+        data=data_dir,
     output:
         features=f"{RESULTS}/{{task}}/lds/members/member{{member}}.npz",
     log:
@@ -91,8 +92,8 @@ rule lds_member:
         runtime=res("lds_member", "runtime"),
         gpu=res("lds_member", "gpu"),
     params:
+        job=job_params("downstream"),
         features=config["lds"]["features"],
-        device=config["device"],
     script:
         "../scripts/lds_member.py"
 
@@ -115,7 +116,7 @@ rule lds_evaluate:
         mem_mb=res("lds_evaluate", "mem_mb"),
         runtime=res("lds_evaluate", "runtime"),
     params:
-        lds=config["lds"],
+        lds=LDS_SCORING,
         seed=config["seed"],
     script:
         "../scripts/lds_evaluate.py"

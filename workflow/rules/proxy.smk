@@ -1,6 +1,6 @@
 rule train_proxy:
     input:
-        data=f"{RESULTS}/{{task}}/data",
+        data=data_dir,
     output:
         directory(f"{RESULTS}/{{task}}/proxy"),
     log:
@@ -14,5 +14,7 @@ rule train_proxy:
         mem_mb=res("train_proxy", "mem_mb"),
         runtime=res("train_proxy", "runtime"),
         gpu=res("train_proxy", "gpu"),
+    params:
+        job=job_params("proxy"),
     script:
         "../scripts/train_proxy.py"

@@ -1,7 +1,7 @@
 rule select:
     input:
         unpack(feature_files),
-        data=f"{RESULTS}/{{task}}/data",
+        data=data_dir,
     output:
         selection=f"{RESULTS}/{{task}}/selections/{{selection}}.csv",
         sidecar=f"{RESULTS}/{{task}}/selections/{{selection}}.json",
@@ -16,6 +16,7 @@ rule select:
         mem_mb=res("select", "mem_mb"),
         runtime=res("select", "runtime"),
     params:
+        job=job_params("data"),
         settings={
             "seed": config["seed"],
             "repeat": config["weighting"]["repeat"],

@@ -1,6 +1,6 @@
 rule whiten:
     input:
-        candidates=f"{RESULTS}/{{task}}/features/candidates.npy",
+        candidates=pool_candidates,
         targets=f"{RESULTS}/{{task}}/features/targets.npy",
         stats=whitening_stats,
     output:

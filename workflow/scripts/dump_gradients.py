@@ -1,19 +1,17 @@
 """Snakemake script: projected per-sample gradient features of one shard of a split."""
 
-from tarot_select import pipeline
+from tarot_select.experiments import stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    task = pipeline.load_task(snakemake.config, snakemake.wildcards.task)
+with stages.stage(snakemake.log[0], snakemake.threads):
     split = snakemake.wildcards.split
-    pipeline.dump_gradients(
-        task,
+    stages.dump_gradients(
+        stages.job_task(snakemake.params.job, snakemake.threads),
         snakemake.input.data,
         snakemake.input.proxy,
         split.removesuffix("_adam"),
         snakemake.output.features,
         snakemake.params.features,
         adam=split.endswith("_adam"),
-        device=snakemake.params.device,
         shard=int(snakemake.wildcards.shard),
         n_shards=int(snakemake.params.features["shards"]),
         stats_path=snakemake.output.stats,

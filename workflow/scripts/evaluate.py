@@ -1,11 +1,10 @@
 """Snakemake script: evaluate a downstream model and write its run record."""
 
-from tarot_select import pipeline
+from tarot_select.experiments import stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    task = pipeline.load_task(snakemake.config, snakemake.wildcards.task)
-    pipeline.evaluate_model(
-        task,
+with stages.stage(snakemake.log[0], snakemake.threads):
+    stages.evaluate_model(
+        stages.job_task(snakemake.params.job, snakemake.threads),
         snakemake.input.data,
         snakemake.input.model,
         snakemake.input.selection,

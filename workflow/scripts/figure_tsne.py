@@ -1,19 +1,12 @@
 """Snakemake script: t-SNE of target vs selected features per method (paper Fig. 6)."""
 
-from pathlib import Path
+from tarot_select.experiments import report, stages
 
-from tarot_select import pipeline, report
-from tarot_select.io import load_features
-
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    selections = {}
-    for csv in snakemake.input.selections:
-        indices, _, meta = pipeline.read_selection(csv)
-        selections[meta["method"] if meta["method"] == "otm" else Path(csv).stem] = indices
-    report.plot_tsne(
-        load_features(snakemake.input.targets).array,
-        selections,
-        load_features(snakemake.input.candidates).array,
+with stages.stage(snakemake.log[0], snakemake.threads):
+    report.plot_tsne_files(
+        snakemake.input.candidates,
+        snakemake.input.targets,
+        list(snakemake.input.selections),
         snakemake.output[0],
         seed=snakemake.params.seed,
         max_points=snakemake.params.max_points,

@@ -1,6 +1,6 @@
-"""Snakemake script: concatenate a split's gradient shards in order."""
+"""Snakemake script: concatenate the shards of a split, in order."""
 
-from tarot_select import pipeline
+from tarot_select.experiments import stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    pipeline.gather_features(list(snakemake.input.shards), snakemake.output.features)
+with stages.stage(snakemake.log[0], snakemake.threads):
+    stages.gather_features(list(snakemake.input.shards), snakemake.output.features)

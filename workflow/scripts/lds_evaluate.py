@@ -1,10 +1,10 @@
-"""Snakemake script: LDS of every method at every ensemble size."""
+"""Snakemake script: LDS of every attribution method and ensemble size."""
 
-from tarot_select import lds_pipeline, pipeline
+from tarot_select.experiments import lds_stages, stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
+with stages.stage(snakemake.log[0], snakemake.threads):
     lds = snakemake.params.lds
-    lds_pipeline.lds_evaluate(
+    lds_stages.lds_evaluate(
         snakemake.input.masks,
         snakemake.input.outputs,
         list(snakemake.input.members),

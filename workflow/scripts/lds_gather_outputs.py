@@ -1,9 +1,9 @@
-"""Snakemake script: join the chunks' outputs (or read the user's outputs file)."""
+"""Snakemake script: gather the subset models' outputs (or check the user's)."""
 
-from tarot_select import lds_pipeline, pipeline
+from tarot_select.experiments import lds_stages, stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    lds_pipeline.lds_gather_outputs(
+with stages.stage(snakemake.log[0], snakemake.threads):
+    lds_stages.lds_gather_outputs(
         list(snakemake.input.chunks),
         snakemake.input.masks,
         snakemake.output.outputs,

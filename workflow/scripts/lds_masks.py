@@ -1,15 +1,15 @@
-"""Snakemake script: the LDS subset masks (drawn, or the user's file)."""
+"""Snakemake script: the LDS subset masks (drawn, or the user's)."""
 
-from tarot_select import lds_pipeline, pipeline
+from tarot_select.experiments import lds_stages, stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    lds = snakemake.params.lds
-    lds_pipeline.lds_masks(
-        pipeline.load_task(snakemake.config, snakemake.wildcards.task),
+with stages.stage(snakemake.log[0], snakemake.threads):
+    job = snakemake.params.job
+    lds_stages.lds_masks(
+        stages.job_task(job, snakemake.threads),
         snakemake.input.data,
-        n_subsets=int(lds["subsets"]),
-        fraction=float(lds["fraction"]),
-        seed=int(snakemake.params.seed),
+        n_subsets=int(snakemake.params.subsets["subsets"]),
+        fraction=float(snakemake.params.subsets["fraction"]),
+        seed=int(job["seed"]),
         out_path=snakemake.output.masks,
         external=snakemake.input.external or None,
     )

@@ -1,13 +1,12 @@
-"""Snakemake script: one LDS ensemble member (full-data model, output-gradient features)."""
+"""Snakemake script: one LDS ensemble member (trained model and its output gradients)."""
 
-from tarot_select import lds_pipeline, pipeline
+from tarot_select.experiments import lds_stages, stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    lds_pipeline.lds_model_features(
-        pipeline.load_task(snakemake.config, snakemake.wildcards.task),
+with stages.stage(snakemake.log[0], snakemake.threads):
+    lds_stages.lds_model_features(
+        stages.job_task(snakemake.params.job, snakemake.threads),
         snakemake.input.data,
         member=int(snakemake.wildcards.member),
         features=snakemake.params.features,
         out_path=snakemake.output.features,
-        device=pipeline.resolve_device(snakemake.params.device),
     )

@@ -1,10 +1,10 @@
-"""Snakemake script: train the models of one chunk of LDS subsets; record their target outputs."""
+"""Snakemake script: train one chunk of the LDS subset models and record their outputs."""
 
-from tarot_select import lds_pipeline, pipeline
+from tarot_select.experiments import lds_stages, stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    lds_pipeline.lds_train_chunk(
-        pipeline.load_task(snakemake.config, snakemake.wildcards.task),
+with stages.stage(snakemake.log[0], snakemake.threads):
+    lds_stages.lds_train_chunk(
+        stages.job_task(snakemake.params.job, snakemake.threads),
         snakemake.input.data,
         snakemake.input.masks,
         chunk=int(snakemake.wildcards.chunk),

@@ -1,7 +1,6 @@
 """Snakemake script: materialise a task's splits."""
 
-from tarot_select import pipeline
+from tarot_select.experiments import stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    task = pipeline.load_task(snakemake.config, snakemake.wildcards.task)
-    pipeline.prepare_data(task, snakemake.output[0])
+with stages.stage(snakemake.log[0], snakemake.threads):
+    stages.prepare_data(stages.job_task(snakemake.params.job, snakemake.threads), snakemake.output[0])

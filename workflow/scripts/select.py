@@ -1,16 +1,12 @@
-"""Snakemake script: one selection (method at a ratio, OTM, or a reference)."""
+"""Snakemake script: one selection (a method at a ratio, OTM, or a reference)."""
 
-from tarot_select import pipeline
+from tarot_select.experiments import stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    task = pipeline.load_task(snakemake.config, snakemake.wildcards.task)
-    method, ratio = pipeline.parse_selection(snakemake.wildcards.selection)
-    groups = task.load(snakemake.input.data).target_groups if method == "less" else None
-    pipeline.make_selection(
-        method,
-        ratio,
-        {key: snakemake.input[key] for key in pipeline.FEATURE_KEYS},
+with stages.stage(snakemake.log[0], snakemake.threads):
+    stages.select_for_job(
+        stages.job_task(snakemake.params.job, snakemake.threads),
+        snakemake.wildcards.selection,
+        snakemake.input,
         snakemake.output.selection,
         snakemake.params.settings,
-        target_groups=groups,
     )

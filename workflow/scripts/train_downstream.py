@@ -1,9 +1,12 @@
 """Snakemake script: train the downstream model from scratch on a selection."""
 
-from tarot_select import pipeline
+from tarot_select.experiments import stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    task = pipeline.load_task(snakemake.config, snakemake.wildcards.task)
-    pipeline.train_downstream(
-        task, snakemake.input.data, snakemake.input.selection, int(snakemake.wildcards.seed), snakemake.output.model
+with stages.stage(snakemake.log[0], snakemake.threads):
+    stages.train_downstream(
+        stages.job_task(snakemake.params.job, snakemake.threads),
+        snakemake.input.data,
+        snakemake.input.selection,
+        int(snakemake.wildcards.seed),
+        snakemake.output.model,
     )

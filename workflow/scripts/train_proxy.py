@@ -1,7 +1,6 @@
-"""Snakemake script: train the proxy model and save its checkpoints."""
+"""Snakemake script: train the proxy and save its checkpoints."""
 
-from tarot_select import pipeline
+from tarot_select.experiments import stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
-    task = pipeline.load_task(snakemake.config, snakemake.wildcards.task)
-    pipeline.train_proxy(task, snakemake.input.data, snakemake.output[0])
+with stages.stage(snakemake.log[0], snakemake.threads):
+    stages.train_proxy(stages.job_task(snakemake.params.job, snakemake.threads), snakemake.input.data, snakemake.output[0])

@@ -1,10 +1,10 @@
-"""Snakemake script: whiten candidates and targets jointly (WFD features)."""
+"""Snakemake script: fit the whitening and write the WFD features and neighbour lists."""
 
-from tarot_select import pipeline
+from tarot_select.experiments import stages
 
-with pipeline.stage(snakemake.log[0], snakemake.threads):
+with stages.stage(snakemake.log[0], snakemake.threads):
     w = snakemake.params.whitening
-    pipeline.whiten_features(
+    stages.whiten_features(
         snakemake.input.candidates,
         snakemake.input.targets,
         snakemake.output.candidates,

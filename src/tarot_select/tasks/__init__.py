@@ -1,43 +1,46 @@
-"""Task registry: ``get_task(name, config, seed)`` builds a task from its config block."""
+"""Tasks: what the pipeline selects data for (datasets, proxy and downstream models, metrics).
+
+Each task kind is a subpackage with a ``SPEC`` (:class:`~.registry.TaskSpec`), found by
+:mod:`~.registry` without a list to edit. :mod:`~.base` holds the protocol
+(:class:`~.base.Task`), :mod:`~.settings` the typed settings. Importing this package (and
+the registry, and the settings) costs no torch import; the protocol's names load lazily.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
 from typing import Any
 
-from ..errors import TarotInputError
-from .base import SPLITS, ModelOutputs, ProxyCheckpoint, Task, TaskData, require_model_outputs
+from .registry import TaskSpec, get_spec, get_task, task_kinds
+from .settings import Settings, TaskSettings, setting
 
 __all__ = [
     "SPLITS",
-    "TASKS",
+    "Metric",
     "ModelOutputs",
     "ProxyCheckpoint",
+    "RunContext",
+    "Settings",
     "Task",
     "TaskData",
+    "TaskSettings",
+    "TaskSpec",
+    "get_spec",
     "get_task",
-    "register",
     "require_model_outputs",
+    "setting",
+    "task_kinds",
 ]
 
-TASKS: dict[str, type[Task]] = {}
+_BASE_NAMES = frozenset(
+    {"SPLITS", "Metric", "ModelOutputs", "ProxyCheckpoint", "RunContext", "Task", "TaskData", "require_model_outputs"}
+)
 
 
-def register(cls: type[Task]) -> type[Task]:
-    """Class decorator adding a task to :data:`TASKS` under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    TASKS[cls.name] = cls
-    return cls
-
-
-def get_task(kind: str, config: Mapping[str, Any], seed: int = 0) -> Task:
-    """Instantiate the task ``kind`` with its config block."""
-    _load_builtin()
-    if kind not in TASKS:
-        raise TarotInputError(f"unknown task kind {kind!r}; choose one of {', '.join(sorted(TASKS))}")
-    return TASKS[kind](config, seed=seed)
-
-
-def _load_builtin() -> None:
-    from . import cifar10, digits, mnist  # noqa: F401  (register themselves)
+def __getattr__(name: str) -> Any:
+    """The protocol's names (:mod:`~.base`, which imports torch) load on first use."""
+    if name in _BASE_NAMES:
+        value = getattr(importlib.import_module(".base", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

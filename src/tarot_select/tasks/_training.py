@@ -1,32 +1,109 @@
 """Training pieces shared by the classifier tasks (digits, mnist_mlp, cifar10_resnet9).
 
 Deterministic mini-batch loops over in-memory tensors, the cosine learning-rate schedule,
-and the validation of the ``indices`` / ``weights`` that
-:meth:`~tarot_select.tasks.base.Task.train_downstream` receives.
+batched evaluation without gradients, CPU copies of states for checkpoints, the
+validation of what :meth:`~tarot_select.tasks.base.Task.train_downstream` receives, and
+:class:`EpochLog`, the one place that reports how a training is going (a log line per
+epoch and, for interactive runs, a progress bar).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import numbers
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import TarotInputError
+from ..outputs import margin
+from .base import Metric
 
 __all__ = [
+    "EpochLog",
+    "accuracy_and_margin",
     "adam",
     "check_indices",
+    "check_seed",
     "check_weights",
     "cosine_lr",
+    "cpu_state",
     "epoch_order",
+    "logits",
     "run_epoch",
     "set_lr",
     "tensors",
+    "to_cpu",
 ]
+
+
+class EpochLog:
+    """Per-epoch report of one training: an INFO line per epoch and an optional progress bar.
+
+    Iterate over it for the 0-based epoch numbers (it times each epoch and drives the
+    bar), and call :meth:`end` once per epoch. The line reads, e.g.::
+
+        digits downstream epoch 3/30: loss 0.4123, lr 0.00291, accuracy 71.5 %, 0.21 s
+
+    (loss: mean training loss of the epoch; lr: the learning rate of the epoch, the mean
+    over its steps for per-step schedules; metrics in their displayed unit; seconds since
+    the epoch began). Reporting consumes no random numbers and changes no model state.
+
+    Parameters
+    ----------
+    logger : logging.Logger
+        The task module's logger.
+    stage : str
+        What trains, e.g. ``"digits downstream"``.
+    epochs : int
+        Number of epochs.
+    progress : bool
+        Show a tqdm bar (the task's :attr:`RunContext.progress
+        <tarot_select.tasks.base.RunContext.progress>`).
+    """
+
+    def __init__(self, logger: logging.Logger, stage: str, epochs: int, progress: bool = False) -> None:
+        self.logger = logger
+        self.stage = stage
+        self.epochs = int(epochs)
+        self.progress = bool(progress)
+        self._bar: Any = None
+        self._epoch = -1
+        self._start = 0.0
+
+    @property
+    def wanted(self) -> bool:
+        """Whether anyone sees the report (INFO is enabled or a bar is shown): compute
+        per-epoch metrics only then."""
+        return self.progress or self.logger.isEnabledFor(logging.INFO)
+
+    def __iter__(self) -> Iterator[int]:
+        with tqdm(range(self.epochs), desc=self.stage, unit="epoch", disable=not self.progress) as bar:
+            self._bar = bar
+            for epoch in bar:
+                self._epoch, self._start = epoch, time.perf_counter()
+                yield epoch
+
+    def end(self, loss: float, lr: float, metrics: Mapping[Metric, float] | None = None) -> None:
+        """Report the epoch just trained: mean training ``loss``, learning rate ``lr`` and
+        optional ``metrics`` (stored values; shown as ``value * scale`` with the unit)."""
+        seconds = time.perf_counter() - self._start
+        shown = {
+            m.name: f"{value * m.scale:.4g}{' ' + m.unit if m.unit else ''}" for m, value in (metrics or {}).items()
+        }
+        parts = [f"loss {loss:.4f}", f"lr {lr:.3g}", *(f"{name} {text}" for name, text in shown.items())]
+        self.logger.info(
+            "%s epoch %d/%d: %s, %.2f s", self.stage, self._epoch + 1, self.epochs, ", ".join(parts), seconds
+        )
+        if self._bar is not None and self.progress:
+            self._bar.set_postfix({"loss": f"{loss:.4f}", "lr": f"{lr:.3g}", **shown}, refresh=False)
 
 
 def tensors(dataset: torch.utils.data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +115,46 @@ def tensors(dataset: torch.utils.data.Dataset) -> tuple[torch.Tensor, torch.Tens
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
     return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
+
+
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Outputs of ``model`` on ``x`` in eval mode without gradients, in batches of
+    ``batch_size`` moved to ``device``; returned on the CPU. The model's train / eval mode
+    is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            parts = [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(parts)
+
+
+def accuracy_and_margin(scores: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """``accuracy`` (arg-max equals the label) and ``mean_margin`` (mean correct-class margin,
+    :func:`~tarot_select.outputs.margin`) of logits ``scores`` ``(n, C)`` for labels ``y``."""
+    y = y.long()
+    return {
+        "accuracy": float((scores.argmax(1) == y).double().mean()),
+        "mean_margin": float(margin(scores, y).double().mean()),
+    }
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as detached CPU copies."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def to_cpu(tree: Any) -> Any:
+    """``tree`` (e.g. an optimizer state dict) with every tensor as a detached CPU copy."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, Mapping):
+        return {k: to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [to_cpu(v) for v in tree]
+    return tree
 
 
 def cosine_lr(base: float, epoch: int, epochs: int) -> float:
@@ -53,8 +170,11 @@ def run_epoch(
     order: torch.Tensor,
     batch_size: int,
 ) -> float:
-    """One pass over ``x[order]`` in mini-batches; returns the mean training loss."""
+    """One pass over ``x[order]`` in mini-batches; returns the mean training loss.
+
+    ``order`` may live on the CPU; it is moved to the device of ``x``."""
     model.train()
+    order = order.to(x.device)
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -75,6 +195,13 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam over the named parameters (the state dict then records parameter names)."""
     return torch.optim.Adam(list(model.named_parameters()), lr=lr)
+
+
+def check_seed(seed: Any, task: str) -> int:
+    """``seed`` as a non-negative int, or :class:`TarotInputError` starting with ``task``."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise TarotInputError(f"{task}: seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 def check_indices(indices: Any, n: int, split: str, task: str) -> np.ndarray:

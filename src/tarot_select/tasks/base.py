@@ -9,7 +9,18 @@ Stages and the methods they call
 ``train_proxy``      :meth:`Task.train_proxy` → checkpoints (weights, learning rate, Adam state)
 ``dump_gradients``   :meth:`Task.proxy_model`, :meth:`Task.loss_fn`, :meth:`Task.gradient_batches`
 ``train_downstream`` :meth:`Task.train_downstream` on a weighted index list of one split
-``evaluate``         :meth:`Task.evaluate` → ``{metric: value}``; :attr:`Task.metric` is the primary one
+``evaluate``         :meth:`Task.evaluate` → ``{metric: value}``; :attr:`Task.metrics` says what they are
+
+Every task method runs under the job's :class:`RunContext` (:attr:`Task.context`: device,
+dtype / AMP, threads, work dir, progress bars), and reads its settings from
+:attr:`Task.options` (the task's :class:`~tarot_select.tasks.settings.TaskSettings`
+dataclass; :attr:`Task.settings` is the same as a plain dict).
+
+Optional hooks with defaults: :meth:`Task.load_checkpoint` (load a proxy checkpoint into
+the proxy model, e.g. LoRA adapters only), :meth:`Task.training_examples` (map a selected
+candidate to the downstream examples it stands for), and several target sets served by
+one candidate pool (:meth:`~tarot_select.tasks.settings.TaskSettings.target_names` and the
+``target`` argument of :meth:`Task.load`).
 
 Influence benchmarks (LDS, :mod:`tarot_select.lds`) need four more methods, the
 :class:`ModelOutputs` protocol; :class:`ClassifierOutputsMixin` implements the last three
@@ -38,13 +49,16 @@ from scipy import special
 from torch import nn
 
 from ..errors import TarotInputError
-from ..lds import margin
+from ..outputs import margin
+from .settings import TaskSettings
 
 __all__ = [
     "SPLITS",
     "ClassifierOutputsMixin",
+    "Metric",
     "ModelOutputs",
     "ProxyCheckpoint",
+    "RunContext",
     "Task",
     "TaskData",
     "require_model_outputs",
@@ -86,6 +100,76 @@ class TaskData:
 
 
 @dataclass(frozen=True)
+class Metric:
+    """What one metric of :meth:`Task.evaluate` is, for tables and figures.
+
+    Attributes
+    ----------
+    name : str
+        Key in the dict :meth:`Task.evaluate` returns.
+    higher_is_better : bool
+        Direction (marks the best entry in tables): True for accuracy or mIoU, False for
+        Brier-minFDE or a loss.
+    unit : str
+        Unit of the *displayed* value (``"%"``, ``"m"``, ``""``).
+    scale : float
+        Displayed value = stored value × ``scale`` (100 for a fraction shown in %).
+    label : str
+        Human name (axis labels, table captions); default: ``name``.
+    """
+
+    name: str
+    higher_is_better: bool = True
+    unit: str = ""
+    scale: float = 1.0
+    label: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form stored in run records (``metric_spec``)."""
+        return {
+            "name": self.name,
+            "label": self.label or self.name,
+            "unit": self.unit,
+            "scale": float(self.scale),
+            "higher_is_better": bool(self.higher_is_better),
+        }
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """How a job runs, handed to every task (:attr:`Task.context`).
+
+    Attributes
+    ----------
+    device : str
+        Torch device of training, evaluation and gradients (``cpu``, ``cuda``, ``cuda:1``);
+        the workflow resolves ``auto``.
+    dtype : str
+        Parameter / compute dtype of the models (``float32``; ``bfloat16`` for large models).
+    amp : bool
+        Mixed precision (autocast) where a task supports it.
+    threads : int
+        CPU threads of the job (torch's and BLAS pools are capped to it by the stage).
+    work_dir : Path or None
+        Scratch directory of the job (None: the system's temporary directory).
+    progress : bool
+        Show progress bars (interactive runs); logs get one line per epoch either way.
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    amp: bool = False
+    threads: int = 1
+    work_dir: Path | None = None
+    progress: bool = False
+
+    @property
+    def torch_device(self) -> torch.device:
+        """:attr:`device` as a :class:`torch.device`."""
+        return torch.device(self.device)
+
+
+@dataclass(frozen=True)
 class ProxyCheckpoint:
     """One saved proxy checkpoint.
 
@@ -100,32 +184,71 @@ class ProxyCheckpoint:
 
 
 class Task(ABC):
-    """Base class of every task. Subclasses set :attr:`name` and :attr:`metric`.
+    """Base class of every task. Subclasses set :attr:`name`, :attr:`SETTINGS` and :attr:`metrics`.
 
     Parameters
     ----------
-    config : mapping
-        The task's config block (validated by the workflow schema).
+    config : TaskSettings or mapping
+        The task's settings, or its config block (read by :attr:`SETTINGS`).
     seed : int
         Global seed; every random choice of the task derives from it.
+    context : RunContext, optional
+        How the job runs (device, threads, ...); default: CPU, one thread.
+    check : bool, default True
+        Run the settings' cross-field checks (stage jobs that receive only their part of
+        the block pass False; the whole block was checked when the config was loaded).
     """
 
-    #: Registry name, used in config and in file paths.
+    #: Registry name (the task kind), used in config.
     name: str = ""
-    #: Primary metric reported in tables (a key of :meth:`evaluate`'s result).
-    metric: str = ""
-    #: Whether a larger metric is better (marks the best entry in tables).
-    higher_is_better: bool = True
+    #: The task's settings dataclass (single source of its keys, defaults and checks).
+    SETTINGS: type[TaskSettings] = TaskSettings
+    #: What :meth:`evaluate` returns; the first is the primary metric of tables and figures.
+    metrics: tuple[Metric, ...] = ()
+    #: The target set this instance serves in a workflow job (one of the settings'
+    #: ``target_names()``), or None for a task with one target set.
+    target: str | None = None
 
-    def __init__(self, config: Mapping[str, Any], seed: int = 0) -> None:
-        self.config = dict(config)
+    def __init__(
+        self,
+        config: TaskSettings | Mapping[str, Any] | None = None,
+        seed: int = 0,
+        context: RunContext | None = None,
+        *,
+        check: bool = True,
+    ) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise TarotInputError(f"{self.name}: seed must be a non-negative integer, got {seed!r}")
+        self.options = self.SETTINGS.from_config(config, self.name, check=check)
+        self.settings: dict[str, Any] = self.options.to_dict()
+        self.config = self.settings
         self.seed = int(seed)
+        self.context = context or RunContext()
+
+    @property
+    def primary_metric(self) -> Metric:
+        """The metric of tables and figures (the first of :attr:`metrics`)."""
+        if not self.metrics:
+            raise TarotInputError(f"task {self.name!r} declares no metrics")
+        return self.metrics[0]
+
+    @property
+    def metric(self) -> str:
+        """Name of the primary metric (a key of :meth:`evaluate`'s result)."""
+        return self.primary_metric.name
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of the primary metric."""
+        return self.primary_metric.higher_is_better
 
     # ------------------------------------------------------------------ data
     def check(self) -> None:
-        """Raise :class:`~tarot_select.errors.TarotInputError` if the task cannot run
-        (a dataset path that does not exist, an inconsistent setting). Must be cheap:
-        it runs when the workflow loads its config, before any job."""
+        """Raise :class:`~tarot_select.errors.TarotInputError` if the task cannot run.
+
+        The settings dataclass already checked every key when the task was built (dataset
+        paths exist, sizes are consistent); override for checks that need the task's own
+        code. Must be cheap."""
 
     @abstractmethod
     def prepare(self, out_dir: Path) -> None:
@@ -133,8 +256,12 @@ class Task(ABC):
         large datasets). Deterministic given the config and seed."""
 
     @abstractmethod
-    def load(self, data_dir: Path) -> TaskData:
-        """Load the splits that :meth:`prepare` wrote."""
+    def load(self, data_dir: Path, target: str | None = None) -> TaskData:
+        """Load the splits that :meth:`prepare` wrote.
+
+        ``target`` names one of the settings' :meth:`~TaskSettings.target_names` (its
+        targets and evaluation become the splits ``targets`` and ``evaluation``); None for a
+        task with one target set."""
 
     # ----------------------------------------------------------------- proxy
     @abstractmethod
@@ -149,6 +276,33 @@ class Task(ABC):
     def loss_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
         """Per-sample loss for gradients: ``sample`` is one item as a batch of size 1,
         ``forward`` the functional model call (see :mod:`tarot_select.gradients`)."""
+
+    def load_checkpoint(
+        self, model: nn.Module, path: Path
+    ) -> tuple[Mapping[str, torch.Tensor], Mapping[str, Any] | None]:
+        """The weights of proxy checkpoint ``path`` for ``model``, and its optimizer state.
+
+        Returns ``(state, optimizer_state)``: ``state`` maps parameter / buffer names of
+        ``model`` to tensors; it may cover only part of the model (e.g. LoRA adapters: the
+        featurizer then loads it with ``strict=False`` over the model's own weights and
+        differentiates the chosen parameters only). ``optimizer_state`` is the Adam state
+        dict (for LESS's preconditioning), or None. Default: the ``{"model", "optimizer"}``
+        dict that the built-in tasks' :meth:`train_proxy` saves."""
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, Mapping) or "model" not in blob:
+            raise TarotInputError(f"{path}: not a proxy checkpoint (expected a dict with 'model'); rerun train_proxy")
+        return blob["model"], blob.get("optimizer")
+
+    def training_examples(
+        self, indices: np.ndarray, weights: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The downstream training examples a selection stands for.
+
+        A selection picks *candidates*; when the downstream model trains on other units
+        (a scene-centric proxy selects scenes, an agent-centric model trains on their
+        agents), override this to map the selected candidates ``indices`` (and their
+        ``weights``) to indices of the downstream training split. Default: the identity."""
+        return indices, weights
 
     def gradient_batches(self, dataset: torch.utils.data.Dataset, batch_size: int = 64) -> Iterable[Any]:
         """Batches of ``dataset`` in index order (no shuffling) for gradient dumping."""
@@ -196,7 +350,7 @@ class ModelOutputs(Protocol):
         Same calling convention as :meth:`Task.loss_fn` (``sample`` is one item as a batch
         of size 1), so it can be passed as the ``loss_fn`` of a
         :class:`~tarot_select.featurize.GradientFeaturizer`. For classifiers: the
-        correct-class margin :func:`tarot_select.lds.margin` (TRAK's output function).
+        correct-class margin :func:`tarot_select.outputs.margin` (TRAK's output function).
         """
 
     def outputs(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
@@ -240,10 +394,11 @@ class ClassifierOutputsMixin:
             model.load_state_dict(dict(state), strict=True)
         except (RuntimeError, KeyError) as exc:
             raise TarotInputError(f"state does not fit the downstream model: {exc}") from None
-        model.eval()
+        device = self.context.torch_device  # type: ignore[attr-defined]
+        model.to(device).eval()
         loader = torch.utils.data.DataLoader(data.split(split), batch_size=_OUTPUT_BATCH, shuffle=False)
         with torch.no_grad():
-            parts = [margin(model(batch[0].float()), batch[1]) for batch in loader]
+            parts = [margin(model(batch[0].float().to(device)), batch[1].to(device)).cpu() for batch in loader]
         return torch.cat(parts).double().numpy()
 
     def outputs(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:

@@ -1,0 +1,148 @@
+"""What a workflow config asks for, torch-free: units, selections, each job's parameters.
+
+The Snakemake process (``workflow/rules/common.smk``) builds its rules' inputs and
+``params`` from these functions; they import only the tasks' settings dataclasses.
+
+Pools, targets and units
+------------------------
+A config block ``tasks.<name>`` is a candidate *pool* with its proxy (``results/<name>/``:
+data, proxy, candidate features). A task whose settings name several target sets
+(:meth:`~tarot_select.tasks.settings.TaskSettings.target_names`) serves each from the same
+pool: every target set is a *unit* ``<name>-<target>`` with its own target features,
+whitening, selections, trainings and table (``results/<name>-<target>/``), while the
+expensive candidate gradients are computed once. A task with one target set is one unit
+named like the task, so all its files live under ``results/<name>/``.
+
+Job parameters
+--------------
+:func:`stage_params` gives each job exactly the settings its output depends on (see
+:meth:`~tarot_select.tasks.settings.TaskSettings.for_stage`) plus the seed, so that editing
+one setting reruns exactly the dependent jobs (Snakemake reruns a job whose ``params``
+changed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import TarotInputError
+from ..tasks.registry import get_spec
+from ..tasks.settings import TaskSettings
+from .naming import selection_name
+
+__all__ = [
+    "RESOURCE_DEFAULTS",
+    "Unit",
+    "resource",
+    "selections",
+    "stage_params",
+    "task_blocks",
+    "task_device",
+    "task_settings",
+    "units",
+]
+
+#: Resources of a rule that neither the task block nor the config's table sets.
+RESOURCE_DEFAULTS: dict[str, int] = {"mem_mb": 2000, "runtime": 30, "threads": 1, "gpu": 0}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One (pool, target set) pair: the ``{task}`` wildcard of per-target rules.
+
+    Attributes
+    ----------
+    name : str
+        ``<task>`` for a single-target task, ``<task>-<target>`` otherwise.
+    task : str
+        The config block (pool and proxy) it belongs to.
+    target : str or None
+        The target set, None for a single-target task.
+    """
+
+    name: str
+    task: str
+    target: str | None
+
+
+def task_blocks(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Every task block by name: ``tasks`` and, when the LDS benchmark is enabled, ``lds.tasks``."""
+    lds = config.get("lds", {}) or {}
+    blocks = dict(lds.get("tasks", {}) or {}) if lds.get("enabled", False) else {}
+    blocks.update(config.get("tasks", {}) or {})
+    return blocks
+
+
+def task_settings(config: Mapping[str, Any], task: str, *, check: bool = True) -> TaskSettings:
+    """The settings dataclass of task block ``task`` (checked)."""
+    blocks = task_blocks(config)
+    if task not in blocks:
+        raise TarotInputError(f"task {task!r} is not in the config (tasks, lds.tasks: {', '.join(blocks)})")
+    block = blocks[task]
+    where = f"lds.tasks.{task}" if task not in (config.get("tasks") or {}) else f"tasks.{task}"
+    if not isinstance(block, Mapping):
+        raise TarotInputError(f"{where}: must be a mapping with a kind, got {block!r}")
+    try:
+        spec = get_spec(block.get("kind"))
+    except TarotInputError as exc:
+        raise TarotInputError(f"{where}.kind: {exc}") from None
+    return spec.settings.from_config(block, where, check=check)
+
+
+def units(config: Mapping[str, Any]) -> dict[str, Unit]:
+    """Every unit of the selection tasks (``tasks``), by name, in config order."""
+    out: dict[str, Unit] = {}
+    for task in config.get("tasks", {}) or {}:
+        targets = task_settings(config, task, check=False).target_names()
+        if not targets:
+            out[task] = Unit(task, task, None)
+        for target in targets:
+            name = f"{task}-{target}"
+            out[name] = Unit(name, task, target)
+    return out
+
+
+def selections(config: Mapping[str, Any]) -> list[str]:
+    """File stems of every selection the config asks for (:func:`~.naming.selection_name`)."""
+    ratios = config["ratios"]
+    names = [selection_name(m, r) for m in config["methods"] for r in ratios]
+    if config["weighting"]["enabled"]:
+        names += [selection_name("tarot_weighted", r) for r in ratios]
+    if config["otm"]["enabled"]:
+        names.append("otm")
+    return names + list(config["references"])
+
+
+def stage_params(config: Mapping[str, Any], task: str, stage: str) -> dict[str, Any]:
+    """What a job of ``stage`` for task block ``task`` depends on: ``{"task": settings, "seed": int}``.
+
+    ``settings`` is :meth:`~tarot_select.tasks.settings.TaskSettings.for_stage` with the
+    ``kind``; the jobs build the task from it and from nothing else.
+    """
+    settings = task_settings(config, task, check=False)
+    return {"task": {"kind": settings.kind, **settings.for_stage(stage)}, "seed": int(config.get("seed", 0))}
+
+
+def task_device(config: Mapping[str, Any], task: str) -> str:
+    """The device of task ``task``'s jobs: its own ``device`` key, else the global ``device``."""
+    own = task_settings(config, task, check=False).device
+    return str(own or config.get("device", "auto"))
+
+
+def resource(config: Mapping[str, Any], rule: str, key: str, task: str | None = None) -> int:
+    """Resource ``key`` of ``rule`` for task ``task``.
+
+    Looked up in order: the task block's ``resources.<rule>``, the config's
+    ``resources.<rule>``, the task block's ``resources.default``, the config's
+    ``resources.default``, then :data:`RESOURCE_DEFAULTS`.
+    """
+    own: Mapping[str, Any] = {}
+    if task is not None:
+        own = task_settings(config, task, check=False).resources or {}
+    table = config.get("resources", {}) or {}
+    for block in (own.get(rule), table.get(rule), own.get("default"), table.get("default")):
+        if block and block.get(key) is not None:
+            return int(block[key])
+    return RESOURCE_DEFAULTS[key]

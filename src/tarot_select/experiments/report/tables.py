@@ -1,0 +1,269 @@
+"""Tables: the long CSV and the Markdown table of a runs summary, and their cell format.
+
+The CSV holds the stored values (full float precision); the Markdown shows them as the
+metric spec says (:mod:`~.runs`): value × ``scale``, the header naming the metric's
+``label``, the scale and the ``unit``, the best cell per column (``higher_is_better``)
+in bold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ...errors import TarotInputError
+from ...io import atomic_path
+from .runs import SPEC_ATTR, PathLike, _finite_float, collect_runs
+from .summary import DDOF, _summarize, _widen
+
+__all__ = ["format_markdown", "write_tables", "write_task_tables"]
+
+logger = logging.getLogger(__name__)
+
+
+def _decimals(mean: float, percent: bool) -> int:
+    """Decimals to show: 1 for a percentage, else enough for 3 significant digits of the mean."""
+    if percent:
+        return 1
+    if mean == 0.0 or not math.isfinite(mean):
+        return 2
+    return max(0, 2 - math.floor(math.log10(abs(mean))))
+
+
+def _format_cell(mean: float, std: float, n_seeds: int, n_max: int, scale: float, percent: bool) -> str:
+    """``"91.2 ± 0.8"`` (std omitted for one seed; ``(n=k)`` when fewer seeds than elsewhere).
+
+    ``mean`` and ``std`` are stored values, shown × ``scale``; ``percent`` (unit ``%``)
+    fixes one decimal.
+    """
+    dec = _decimals(mean * scale, percent)
+    text = f"{mean * scale:.{dec}f}"
+    if n_seeds > 1 and math.isfinite(std):
+        text += f" ± {std * scale:.{dec}f}"
+    if n_seeds < n_max:
+        text += f" (n={n_seeds})"
+    return text
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _seed_phrase(n_values: Sequence[int]) -> str:
+    lo, hi = min(n_values), max(n_values)
+    if lo == hi:
+        return f"{hi} seed" + ("s" if hi != 1 else "")
+    return f"{lo}-{hi} seeds per cell"
+
+
+def _header_note(spec: Mapping[str, Any]) -> str:
+    """What follows the metric's label in the Markdown header: the scale and the unit.
+
+    `` ×<scale>`` when the shown values are scaled (the CSV holds the stored ones), then
+    `` (<unit>)`` for a non-empty unit, except ``%`` under a ×100 scale, which the
+    `` ×100`` already says (``"**Metric: accuracy** ×100"``, ``"**Metric: minFDE** (m)"``).
+    """
+    scale, unit = float(spec["scale"]), str(spec["unit"])
+    note = f" ×{scale:g}" if scale != 1.0 else ""
+    if unit and not (unit == "%" and scale == 100.0):
+        note += f" ({_md_escape(unit)})"
+    return note
+
+
+def _markdown(
+    wide: pd.DataFrame,
+    labels: Sequence[str],
+    spec: Mapping[str, Any],
+    otm_ratio: float | None,
+    title: str | None,
+) -> str:
+    """Render the wide summary as a Markdown document (header, table, footnote)."""
+    n_all = [int(wide.at[m, (lab, "n_seeds")]) for m in wide.index for lab in labels]
+    n_all = [n for n in n_all if n > 0]
+    n_max = max(n_all)
+    direction = "higher" if spec["higher_is_better"] else "lower"
+    lines: list[str] = []
+    if title:
+        lines += [f"## {title}", ""]
+    lines.append(
+        f"**Metric: {_md_escape(spec['label'])}**{_header_note(spec)}, mean ± std over {_seed_phrase(n_all)} "
+        f"(sample std, ddof={DDOF}); {direction} is better; best per column in **bold**."
+    )
+    lines += ["", "| method | " + " | ".join(_md_escape(lab) for lab in labels) + " |"]
+    lines.append("|:---|" + "---:|" * len(labels))
+    for method in wide.index:
+        cells = [_markdown_cell(wide, method, lab, n_max, spec) for lab in labels]
+        lines.append(f"| {_md_escape(str(method))} | " + " | ".join(cells) + " |")
+    if otm_ratio is not None:
+        lines += ["", f"OTM selected {otm_ratio * 100:.1f} % of the pool."]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_cell(wide: pd.DataFrame, method: str, label: str, n_max: int, spec: Mapping[str, Any]) -> str:
+    n_seeds = int(wide.at[method, (label, "n_seeds")])
+    if n_seeds == 0:
+        return "–"
+    text = _format_cell(
+        float(wide.at[method, (label, "mean")]),
+        float(wide.at[method, (label, "std")]),
+        n_seeds,
+        n_max,
+        float(spec["scale"]),
+        spec["unit"] == "%",
+    )
+    return f"**{text}**" if bool(wide.at[method, (label, "best")]) else text
+
+
+def _check_otm_ratio(otm_ratio: Any) -> float | None:
+    if otm_ratio is None:
+        return None
+    value = _finite_float(otm_ratio)
+    if value is None or not 0.0 < value <= 1.0:
+        raise TarotInputError(f"otm_ratio must be a fraction in (0, 1], got {otm_ratio!r}")
+    return value
+
+
+def format_markdown(
+    runs: pd.DataFrame,
+    otm_ratio: float | None = None,
+    title: str | None = None,
+    *,
+    value_column: str = "metric",
+    spec: Mapping[str, Any] | None = None,
+) -> str:
+    """The Markdown summary that :func:`write_tables` writes, as a string.
+
+    The header names the metric's label, its scale and unit (see the module docstring)
+    and the direction. Cells read ``mean ± std`` of the values × ``scale`` (one decimal
+    for the unit ``%``, else 3 significant digits of the mean, std to the same decimals;
+    std left out for a single seed; ``(n=k)`` added where a cell has fewer seeds than the
+    most seeded one; ``–`` where a method lacks the column). The best cell of each shared
+    column (as the spec's ``higher_is_better`` says) is in bold.
+
+    Parameters
+    ----------
+    runs : pd.DataFrame
+        The tidy runs table.
+    otm_ratio : float, optional
+        OTM's chosen ratio (fraction of the pool); adds the footnote
+        ``"OTM selected 23.4 % of the pool."``.
+    title : str, optional
+        A ``## title`` line above the header.
+    value_column : str
+        Column to aggregate.
+    spec : mapping, optional
+        Metric spec of ``value_column``; by default ``runs.attrs["metric_spec"]``.
+
+    Raises
+    ------
+    TarotInputError
+        On a malformed runs table, a missing or malformed spec or an ``otm_ratio``
+        outside (0, 1].
+    """
+    otm = _check_otm_ratio(otm_ratio)
+    long, labels, _, spec = _summarize(runs, value_column, spec)
+    return _markdown(_widen(long, labels), labels, spec, otm, title)
+
+
+def write_tables(
+    runs: pd.DataFrame,
+    csv_path: PathLike,
+    md_path: PathLike,
+    otm_ratio: float | None = None,
+    title: str | None = None,
+    *,
+    value_column: str = "metric",
+    spec: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Write the summary as a long CSV and a Markdown table, both atomically.
+
+    Parameters
+    ----------
+    runs : pd.DataFrame
+        The tidy runs table.
+    csv_path : path-like
+        Destination of the long CSV: columns ``method, ratio_label, ratio, mean, std,
+        n_seeds, best`` (stored values, unscaled, full float precision, no index).
+    md_path : path-like
+        Destination of the Markdown document (see :func:`format_markdown`).
+    otm_ratio : float, optional
+        OTM's chosen ratio (fraction of the pool) for the footnote; none if not given.
+    title : str, optional
+        Markdown title.
+    value_column : str
+        Column to aggregate.
+    spec : mapping, optional
+        Metric spec of ``value_column``; by default ``runs.attrs["metric_spec"]``.
+
+    Returns
+    -------
+    pd.DataFrame
+        The long summary that was written to the CSV.
+
+    Raises
+    ------
+    TarotInputError
+        On a malformed runs table, a missing or malformed spec or an ``otm_ratio``
+        outside (0, 1]. Nothing is written then.
+    """
+    otm = _check_otm_ratio(otm_ratio)
+    long, labels, _, spec = _summarize(runs, value_column, spec)
+    text = _markdown(_widen(long, labels), labels, spec, otm, title)
+    with atomic_path(csv_path) as tmp:
+        long.to_csv(tmp, index=False)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    logger.info("wrote summary of %d cells to %s and %s", len(long), csv_path, md_path)
+    return long
+
+
+def write_task_tables(
+    records: Sequence[PathLike],
+    csv_path: PathLike,
+    md_path: PathLike,
+    task: str,
+    otm_json: PathLike | None = None,
+) -> pd.DataFrame:
+    """The ``table`` rule: collect a task's run records and write its CSV and Markdown tables.
+
+    Parameters
+    ----------
+    records : sequence of path-like
+        The task's run records (see :func:`~.runs.collect_runs`); their metric spec sets
+        the display and the direction.
+    csv_path, md_path : path-like
+        Destinations (see :func:`write_tables`).
+    task : str
+        Task name, for the title ``"<task>: downstream <metric label>"``.
+    otm_json : path-like, optional
+        OTM's selection summary; its ``chosen_ratio`` becomes the footnote.
+
+    Returns
+    -------
+    pd.DataFrame
+        The long summary that was written to the CSV.
+
+    Raises
+    ------
+    TarotInputError
+        On bad records (see :func:`~.runs.collect_runs`) or an unreadable ``otm_json``.
+    """
+    runs = collect_runs(records)
+    otm_ratio = _read_otm_ratio(Path(otm_json)) if otm_json else None
+    label = runs.attrs[SPEC_ATTR]["label"]
+    return write_tables(runs, csv_path, md_path, otm_ratio=otm_ratio, title=f"{task}: downstream {label}")
+
+
+def _read_otm_ratio(path: Path) -> Any:
+    """``chosen_ratio`` of OTM's selection summary (checked by :func:`_check_otm_ratio`)."""
+    try:
+        data = json.loads(path.read_text())
+        return data["chosen_ratio"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise TarotInputError(f"{path}: cannot read OTM's chosen_ratio: {exc!r}") from None

@@ -1,0 +1,463 @@
+"""Stage functions behind the Snakemake rules (the scripts only unpack ``snakemake.*``).
+
+Every stage reads its inputs, calls the library and writes its outputs atomically, so
+a job killed half way leaves nothing a rerun would trust. Directory outputs are built
+in a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from ..api import select
+from ..errors import TarotInputError
+from ..featurize import Checkpoint, GradientFeaturizer
+from ..gradients import AdamPreconditioner, select_parameters
+from ..io import (
+    atomic_path,
+    load_features,
+    open_feature_writer,
+    open_row_writer,
+    release_rows,
+    sidecar_path,
+    write_json_atomic,
+)
+from ..knn import Neighbors, TopK
+from ..result import Selection, read_selection
+from ..tasks import RunContext, Task, TaskData, get_task
+from ..whiten import DEFAULT_BLOCK_ROWS, Whitener, WhiteningStats
+from .naming import FEATURE_KEYS, REFERENCES, parse_selection, ratio_label
+
+__all__ = [
+    "job_task",
+    "prepare_data",
+    "train_proxy",
+    "dump_gradients",
+    "gather_features",
+    "shard_rows",
+    "whiten_features",
+    "make_selection",
+    "make_featurizer",
+    "load_data",
+    "select_for_job",
+    "train_downstream",
+    "evaluate_model",
+    "setup_stage",
+    "stage",
+]
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- set-up
+def setup_stage(log_path: str | os.PathLike[str] | None, threads: int = 1) -> None:
+    """Send logging (and warnings) of this job to its log file, and cap torch's and the
+    BLAS / OpenMP libraries' thread pools at the job's ``threads``, so parallel jobs do not
+    oversubscribe the cores Snakemake gave them."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers = [logging.FileHandler(log_path, mode="w")]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+    logging.captureWarnings(True)
+    n = max(1, int(threads))
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)  # numpy / scipy BLAS (kept for the rest of the process)
+
+
+@contextlib.contextmanager
+def stage(log_path: str | os.PathLike[str] | None, threads: int = 1) -> Iterator[None]:
+    """Run a job body with logging set up; an exception is logged (with traceback) and re-raised."""
+    setup_stage(log_path, threads)
+    t0 = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        log.exception("stage failed after %.1f s", time.perf_counter() - t0)
+        raise
+    log.info("stage done in %.1f s", time.perf_counter() - t0)
+
+
+def job_task(job: Mapping[str, Any], threads: int = 1) -> Task:
+    """Build the task of a job from its ``params.job`` (:func:`~.plan.job_params`).
+
+    ``job`` holds ``task`` (the settings the stage depends on, with ``kind``), ``seed``,
+    ``device`` (``auto`` resolves here) and ``target`` (the unit's target set or None). The
+    job sees no other setting, so its output depends on nothing the workflow does not track.
+    """
+    settings = job["task"]
+    context = RunContext(
+        device=resolve_device(str(job.get("device", "cpu"))),
+        threads=max(1, int(threads)),
+        progress=sys.stderr.isatty(),
+    )
+    task = get_task(settings["kind"], settings, seed=int(job.get("seed", 0)), context=context, check=False)
+    task.target = job.get("target")
+    return task
+
+
+def load_data(task: Task, data_dir: str | os.PathLike[str]) -> TaskData:
+    """The splits of ``task``'s unit (its target set, if it has several)."""
+    return task.load(Path(data_dir), target=task.target)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` when the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- stages
+def prepare_data(task: Task, out_dir: str | os.PathLike[str]) -> None:
+    """Materialise the task's splits into ``out_dir``."""
+    task.check()
+    with atomic_dir(out_dir) as tmp:
+        task.prepare(tmp)
+
+
+def train_proxy(task: Task, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+    """Train the proxy and write its checkpoints plus ``checkpoints.json`` into ``out_dir``."""
+    data = load_data(task, data_dir)
+    t0 = time.perf_counter()
+    with atomic_dir(out_dir) as tmp:
+        ckpts = task.train_proxy(data, tmp)
+        manifest = [
+            {"file": Path(c.path).name, "lr": float(c.lr), "epoch": int(c.epoch), **dict(c.extra)} for c in ckpts
+        ]
+        write_json_atomic(tmp / "checkpoints.json", {"task": task.name, "checkpoints": manifest})
+    log.info("trained proxy with %d checkpoints in %.1f s", len(manifest), time.perf_counter() - t0)
+
+
+def dump_gradients(
+    task: Task,
+    data_dir: str | os.PathLike[str],
+    proxy_dir: str | os.PathLike[str],
+    split: str,
+    out_path: str | os.PathLike[str],
+    features: Mapping[str, Any],
+    adam: bool = False,
+    shard: int = 0,
+    n_shards: int = 1,
+    stats_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Projected per-sample gradient features of one shard of a split at every proxy checkpoint.
+
+    Shard ``shard`` of ``n_shards`` holds the contiguous rows :func:`shard_rows` gives, so
+    shards gathered in order equal the unsharded file. ``adam=True`` preconditions with
+    each checkpoint's Adam state (LESS training features). ``stats_path`` receives the
+    shard's whitening sums (:class:`~tarot_select.whiten.WhiteningStats`), so whitening
+    never needs every feature in one job.
+    """
+    data = load_data(task, data_dir)
+    full = data.split(split)
+    lo, hi = shard_rows(len(full), shard, n_shards)
+    dataset = torch.utils.data.Subset(full, range(lo, hi))
+    manifest = json.loads((Path(proxy_dir) / "checkpoints.json").read_text())
+    model = task.proxy_model()
+    param_names = select_parameters(model, features.get("params"))
+    ckpts = []
+    for entry in manifest["checkpoints"]:
+        state, optimizer_state = task.load_checkpoint(model, Path(proxy_dir) / entry["file"])
+        pre = None
+        if adam:
+            if optimizer_state is None:
+                raise TarotInputError(f"{entry['file']}: no optimizer state for the Adam-preconditioned features")
+            pre = AdamPreconditioner.from_optimizer_state(optimizer_state, model, param_names)
+        ckpts.append(Checkpoint(state_dict=state, weight=float(entry["lr"]), name=entry["file"], preconditioner=pre))
+    featurizer = make_featurizer(model, task.loss_fn, features, device=task.context.device)
+    batch_size = int(features.get("batch_size", 64))
+    featurizer.featurize_to_file(
+        out_path,
+        lambda: task.gradient_batches(dataset, batch_size),
+        len(dataset),
+        ckpts,
+        dtype=features.get("dtype", "float32"),
+        extra_meta={
+            "task": task.name,
+            "split": split,
+            "adam_preconditioned": bool(adam),
+            "shard": {"index": shard, "count": n_shards, "rows": [lo, hi]},
+        },
+        progress=False,
+    )
+    log.info("wrote %s rows %d..%d (shard %d/%d) to %s", split, lo, hi, shard + 1, n_shards, out_path)
+    if stats_path is not None:
+        arr = load_features(out_path).array
+        stats = WhiteningStats(arr.shape[1]).update(arr)
+        with atomic_path(stats_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, n=stats.n, sum=stats.sum, outer=stats.outer)
+
+
+def make_featurizer(
+    model: torch.nn.Module, loss_fn: Any, features: Mapping[str, Any], device: str = "cpu"
+) -> GradientFeaturizer:
+    """The gradient featurizer that ``features.engine`` names.
+
+    ``vmap`` and ``loop``: :class:`~tarot_select.featurize.GradientFeaturizer` (per-sample
+    gradients by ``torch.func.vmap`` or one backward pass per sample, then a dense or
+    count-sketch projection); ``factored``:
+    :class:`~tarot_select.factored.FactoredGradientFeaturizer` (per-layer Kronecker
+    projections from hooked activations and output gradients; the only engine fast enough
+    for a ResNet-50; sum layout, so ``proj_dim`` is the exact output dimension).
+    """
+    engine = features.get("engine", "vmap")
+    common = {
+        "proj_dim": int(features["proj_dim"]) if features.get("proj_kind") != "none" else None,
+        "proj_kind": features.get("proj_kind", "rademacher"),
+        "seed": int(features.get("seed", 0)),
+        "params": features.get("params"),
+        "device": device,
+    }
+    if engine == "factored":
+        from ..factored import FactoredGradientFeaturizer
+
+        return FactoredGradientFeaturizer(model, loss_fn, **common)
+    if engine not in ("vmap", "loop"):
+        raise TarotInputError(f"features.engine: unknown engine {engine!r}; one of vmap, loop, factored")
+    return GradientFeaturizer(model, loss_fn, mode=engine, **common)
+
+
+def shard_rows(n: int, shard: int, n_shards: int) -> tuple[int, int]:
+    """Row range ``[lo, hi)`` of shard ``shard`` when ``n`` rows are cut into ``n_shards``."""
+    if not 0 <= shard < n_shards:
+        raise TarotInputError(f"shard {shard} outside 0..{n_shards - 1}")
+    if n_shards > n:
+        raise TarotInputError(f"{n_shards} shards for only {n} samples: lower features.shards")
+    edges = np.linspace(0, n, n_shards + 1).round().astype(int)
+    return int(edges[shard]), int(edges[shard + 1])
+
+
+def gather_features(shards: list[str], out_path: str | os.PathLike[str]) -> None:
+    """Concatenate shard feature files (in order) into one file, streaming row blocks."""
+    parts = [load_features(p) for p in shards]
+    dims = {p.array.shape[1] for p in parts}
+    if len(dims) != 1:
+        raise TarotInputError(f"shards disagree on the feature dimension: {sorted(dims)}")
+    rows = 0
+    for i, part in enumerate(parts):
+        info = part.meta.get("shard", {})
+        if info.get("index", i) != i or info.get("rows", [rows])[0] != rows:
+            raise TarotInputError(f"shard {shards[i]} is out of order (expected index {i} starting at row {rows})")
+        rows += part.array.shape[0]
+    meta = {k: v for k, v in parts[0].meta.items() if k not in ("shape", "dtype", "versions", "shard")}
+    meta["shards"] = len(parts)
+    with open_feature_writer(out_path, (rows, dims.pop()), dtype=parts[0].array.dtype, meta=meta) as out:
+        start = 0
+        for part in parts:
+            for s in range(0, part.array.shape[0], 65536):
+                block = np.asarray(part.array[s : s + 65536])
+                out[start : start + len(block)] = block
+                start += len(block)
+    log.info("gathered %d shards into %s (%d rows)", len(parts), out_path, rows)
+
+
+def whiten_features(
+    candidates: str | os.PathLike[str],
+    targets: str | os.PathLike[str],
+    out_candidates: str | os.PathLike[str],
+    out_targets: str | os.PathLike[str],
+    method: str = "cholesky",
+    normalize: bool = True,
+    eps: float = 1e-5,
+    stats: list[str] | None = None,
+    out_neighbors: str | os.PathLike[str] | None = None,
+    neighbors_k: int = 16,
+) -> None:
+    """Fit the whitening on candidates ∪ targets and write both WFD feature files.
+
+    With ``stats`` (the per-shard sums of candidates and targets), the fit merges them
+    instead of reading the features. The transform streams row blocks to disk. With
+    ``out_neighbors``, the same pass also finds the ``neighbors_k`` nearest WFD
+    candidates of every target (:class:`~tarot_select.knn.TopK` on each whitened block)
+    and saves them, so that selections need not search the pool again.
+    """
+    cand, targ = load_features(candidates), load_features(targets)
+    w = Whitener(method, normalize=normalize, eps=eps)
+    if stats:
+        merged = WhiteningStats(cand.array.shape[1])
+        for path in stats:
+            merged.merge(WhiteningStats.load(path))
+        expected = cand.array.shape[0] + targ.array.shape[0]
+        if merged.n != expected:
+            raise TarotInputError(f"whitening statistics cover {merged.n} rows, the features {expected}")
+        w.fit_stats(merged)
+    else:
+        w.fit(cand.array, targ.array)
+    targ_w = w.transform(targ.array)
+    meta = {"source": str(targets), "whitening": w.metadata(), "made_from": targ.meta}
+    with open_row_writer(out_targets, targ_w.shape, dtype=w.compute_dtype, meta=meta) as out:
+        out.write(targ_w)
+    n = cand.array.shape[0]
+    top = TopK(targ_w, min(int(neighbors_k), n)) if out_neighbors is not None else None
+    meta = {"source": str(candidates), "whitening": w.metadata(), "made_from": cand.meta}
+    with open_row_writer(out_candidates, cand.array.shape, dtype=w.compute_dtype, meta=meta) as out:
+        for start in tqdm(range(0, n, DEFAULT_BLOCK_ROWS), desc="whiten", unit="block", disable=n < 100_000):
+            z = w.transform(cand.array[start : start + DEFAULT_BLOCK_ROWS])
+            release_rows(cand.array, start, start + DEFAULT_BLOCK_ROWS)
+            out.write(z)
+            if top is not None:
+                top.add(z, start)
+    if top is not None and out_neighbors is not None:
+        top.result().save(out_neighbors)
+        write_json_atomic(
+            sidecar_path(out_neighbors),
+            {"k": top.k, "n_candidates": n, "n_targets": int(targ_w.shape[0]), "features": str(out_candidates)},
+        )
+
+
+def make_selection(
+    method: str,
+    ratio: float | None,
+    features: Mapping[str, str],
+    out_csv: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    target_groups: np.ndarray | None = None,
+) -> Selection:
+    """Run one selection and write ``index,weight`` CSV + sidecar.
+
+    ``features`` maps ``candidates``, ``targets``, ``candidates_adam``, ``wfd_candidates``,
+    ``wfd_targets`` and optionally ``wfd_neighbors`` (the whitening stage's neighbour
+    lists, used by ``tarot``/``otm``) to files. ``method`` may also be ``full`` / ``target_only`` (all
+    candidates / all targets) or ``tarot_weighted`` (TAROT + OT-potential weights).
+    """
+    cand = load_features(features["candidates"])
+    targ = load_features(features["targets"])
+    n = cand.array.shape[0]
+    meta: dict[str, Any] = {"split": "candidates", "ratio_label": ratio_label(method, ratio), "requested_ratio": ratio}
+    if method in REFERENCES:
+        if method == "full":
+            sel = Selection(indices=np.arange(n, dtype=np.int64), method="full", n_candidates=n, budget=n)
+        else:
+            m = targ.array.shape[0]
+            sel = Selection(indices=np.arange(m, dtype=np.int64), method="target_only", n_candidates=n, budget=m)
+            meta["split"] = "targets"
+        sel.to_csv(out_csv, extra_meta=meta)
+        return sel
+    wfd = (load_features(features["wfd_candidates"]).array, load_features(features["wfd_targets"]).array)
+    base = "tarot" if method == "tarot_weighted" else method
+    nb_path = features.get("wfd_neighbors")
+    neighbors = Neighbors.load(nb_path) if nb_path and base in ("tarot", "otm") else None
+    raw_cand = load_features(features["candidates_adam"]) if base == "less" else cand
+    sel = select(
+        base,
+        raw_cand.array,
+        targ.array,
+        ratio=ratio if base != "otm" else None,
+        seed=int(settings.get("seed", 0)),
+        weighting="potential" if method == "tarot_weighted" else None,
+        repeat=float(settings.get("repeat", 1.0)),
+        n_folds=int(settings.get("folds", 10)),
+        patience=int(settings.get("patience", 1)),
+        ot_method=settings.get("ot_method", "auto"),
+        reg=float(settings.get("reg", 0.01)),
+        target_groups=target_groups if base == "less" else None,
+        checkpoint_dims=raw_cand.checkpoint_dims,
+        checkpoint_weights=raw_cand.checkpoint_weights,
+        wfd_features=wfd,
+        neighbors=neighbors,
+    )
+    sel = sel.with_updates(method=method)
+    sel.to_csv(out_csv, extra_meta=meta)
+    return sel
+
+
+def select_for_job(
+    task: Task,
+    selection: str,
+    files: Mapping[str, str],
+    out_csv: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+) -> Selection:
+    """The select rule's job: selection ``selection`` (a file stem, :func:`~.naming.selection_name`)
+    from the feature ``files`` (keys :data:`~.naming.FEATURE_KEYS`); LESS also gets the
+    target subtask labels of the task's data (``files["data"]``)."""
+    method, ratio = parse_selection(selection)
+    groups = load_data(task, files["data"]).target_groups if method == "less" else None
+    features = {key: files[key] for key in FEATURE_KEYS}
+    return make_selection(method, ratio, features, out_csv, settings, target_groups=groups)
+
+
+def train_downstream(
+    task: Task,
+    data_dir: str | os.PathLike[str],
+    selection_csv: str | os.PathLike[str],
+    seed: int,
+    out_model: str | os.PathLike[str],
+) -> None:
+    """Train the downstream model from scratch on a selection and save its state."""
+    data = load_data(task, data_dir)
+    indices, weights, meta = read_selection(selection_csv)
+    weights = weights if meta.get("weighting") else None
+    if meta["split"] == "candidates":
+        indices, weights = task.training_examples(indices, weights)
+    t0 = time.perf_counter()
+    state = task.train_downstream(data, meta["split"], indices, weights, seed=int(seed))
+    with atomic_path(out_model) as tmp:
+        torch.save({"state": state, "selection": str(selection_csv), "seed": int(seed)}, tmp)
+    log.info("trained downstream on %d samples (seed %d) in %.1f s", len(indices), seed, time.perf_counter() - t0)
+
+
+def evaluate_model(
+    task: Task,
+    data_dir: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    selection_csv: str | os.PathLike[str],
+    seed: int,
+    out_json: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """Evaluate a downstream model and write a run record for the tables."""
+    data = load_data(task, data_dir)
+    blob = torch.load(model_path, map_location="cpu", weights_only=True)
+    metrics = task.evaluate(data, blob["state"])
+    _, _, meta = read_selection(selection_csv)
+    method = meta["method"]
+    record = {
+        "task": task.name,
+        "method": method,
+        "selection": Path(selection_csv).stem,
+        "ratio": None if method == "target_only" else meta["ratio"],
+        "ratio_label": meta["ratio_label"],
+        "seed": int(seed),
+        "metric": task.metric,
+        "metric_spec": task.primary_metric.to_dict(),
+        "metrics": metrics,
+        "size": meta["size"],
+        "ot_distance": meta.get("ot_distance"),
+    }
+    write_json_atomic(out_json, record)
+    return record

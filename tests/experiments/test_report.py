@@ -1,0 +1,407 @@
+"""Reporting: seed aggregation, best-per-column marking, tables, run collection, figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tarot_select import TarotInputError
+from tarot_select.experiments import report
+from tarot_select.experiments.report import figures
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Spec of a fraction shown in percent (the run records' ``metric_spec``).
+ACCURACY = {"name": "accuracy", "label": "accuracy", "unit": "%", "scale": 100.0, "higher_is_better": True}
+BRIER = {"name": "brier_minfde", "unit": "m", "scale": 1.0, "higher_is_better": False}
+
+
+def _with_spec(runs: pd.DataFrame, spec=ACCURACY, **over) -> pd.DataFrame:
+    """``runs`` carrying ``spec`` (with ``over`` applied) as collect_runs leaves it."""
+    runs.attrs["metric_spec"] = {**spec, **over}
+    return runs
+
+
+def _no_spec(runs: pd.DataFrame) -> pd.DataFrame:
+    runs.attrs.clear()
+    return runs
+
+
+def _runs(**spec_over) -> pd.DataFrame:
+    """Hand-built runs; rows deliberately out of table order ("10%" before "5%", others first)."""
+    rows = [
+        # (method, ratio, ratio_label, seed, metric)
+        ("tarot", 0.10, "10%", 0, 0.8),
+        ("tarot", 0.10, "10%", 1, 0.9),
+        ("tarot", 0.10, "10%", 2, 1.0),
+        ("zeta", 0.10, "10%", 0, 0.5),
+        ("random", 0.10, "10%", 0, 0.70),
+        ("random", 0.10, "10%", 1, 0.75),
+        ("random", 0.05, "5%", 0, 0.60),
+        ("tarot", 0.05, "5%", 0, 0.65),
+        ("tarot", 0.05, "5%", 1, 0.67),
+        ("otm", 0.230, "OTM", 0, 0.92),
+        ("otm", 0.238, "OTM", 1, 0.94),
+        ("full", 1.0, "full", 0, 0.95),
+        ("full", 1.0, "full", 1, 0.97),
+        ("target_only", math.nan, "target", 0, 0.40),
+        ("alpha", 0.05, "5%", 0, 0.55),
+    ]
+    return _with_spec(pd.DataFrame(rows, columns=["method", "ratio", "ratio_label", "seed", "metric"]), **spec_over)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def test_summary_means_sample_std_and_orders():
+    wide = report.summary_table(_runs())
+    assert list(wide.index) == ["target_only", "full", "random", "tarot", "otm", "alpha", "zeta"]
+    labels = list(dict.fromkeys(wide.columns.get_level_values("ratio_label")))
+    assert labels == ["5%", "10%", "OTM", "full", "target"]
+    cell = wide.loc["tarot"]
+    assert cell[("10%", "mean")] == pytest.approx(0.9)
+    # sample std (ddof=1): 0.1 exactly; the population std (ddof=0) would be 0.0816
+    assert report.DDOF == 1
+    assert cell[("10%", "std")] == pytest.approx(0.1)
+    assert cell[("10%", "n_seeds")] == 3
+    assert wide.loc["random", ("10%", "mean")] == pytest.approx(0.725)
+    assert wide.loc["random", ("10%", "std")] == pytest.approx(np.std([0.70, 0.75], ddof=1))
+    assert math.isnan(wide.loc["random", ("5%", "std")])  # one seed -> no std
+    assert wide.loc["random", ("OTM", "n_seeds")] == 0 and math.isnan(wide.loc["random", ("OTM", "mean")])
+    assert wide[("5%", "best")].dtype == bool and wide[("5%", "n_seeds")].dtype == np.int64
+
+
+def test_summary_long_ratio_is_mean_over_seeds():
+    long = report.summary_long(_runs())
+    otm = long[long["method"] == "otm"].iloc[0]
+    assert otm["ratio"] == pytest.approx(0.234) and otm["n_seeds"] == 2
+    assert list(long.columns) == ["method", "ratio_label", "ratio", "mean", "std", "n_seeds", "best"]
+
+
+@pytest.mark.parametrize(
+    ("higher", "best_10", "best_5"),
+    [(True, "tarot", "tarot"), (False, "zeta", "alpha")],
+)
+def test_best_per_column(higher, best_10, best_5):
+    best = report.summary_table(_runs(higher_is_better=higher)).xs("best", axis=1, level="field")
+    assert list(best.index[best["10%"]]) == [best_10]
+    assert list(best.index[best["5%"]]) == [best_5]
+    # columns used by a single method have no "best"
+    assert not best["full"].any() and not best["target"].any() and not best["OTM"].any()
+
+
+def test_best_ties_are_shared():
+    runs = pd.DataFrame(
+        {
+            "method": ["a", "b", "c"],
+            "ratio": [0.1] * 3,
+            "ratio_label": ["10%"] * 3,
+            "seed": [0] * 3,
+            "metric": [0.5, 0.7, 0.7],
+        }
+    )
+    long = report.summary_long(_with_spec(runs))
+    assert list(long.loc[long["best"], "method"]) == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda df: df.drop(columns="seed"), "seed"),
+        (lambda df: df.assign(metric=df["metric"].where(df.index != 3, np.nan)), "finite"),
+        (lambda df: df.assign(ratio=df["ratio"].where(df.index != 0, 5.0)), "ratio"),
+        (lambda df: pd.concat([df, df.iloc[[0]]]), "duplicated"),
+        (lambda df: df.iloc[0:0], "empty"),
+    ],
+)
+def test_summary_rejects_bad_runs(change, match):
+    with pytest.raises(TarotInputError, match=match):
+        report.summary_table(change(_runs()))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _md_row(text: str, method: str) -> str:
+    rows = [line for line in text.splitlines() if line.startswith(f"| {method} |")]
+    assert len(rows) == 1, text
+    return rows[0]
+
+
+def test_write_tables_csv_roundtrip_and_markdown(tmp_path):
+    csv, md = tmp_path / "s.csv", tmp_path / "s.md"
+    long = report.write_tables(_runs(), csv, md, otm_ratio=0.234, title="Demo")
+    back = pd.read_csv(csv)
+    assert list(back.columns) == ["method", "ratio_label", "ratio", "mean", "std", "n_seeds", "best"]
+    assert back["best"].dtype == bool and len(back) == len(long) == 9
+    tarot10 = back[(back["method"] == "tarot") & (back["ratio_label"] == "10%")].iloc[0]
+    assert tarot10["mean"] == pytest.approx(0.9) and tarot10["std"] == pytest.approx(0.1)
+    assert tarot10["n_seeds"] == 3 and bool(tarot10["best"])
+    assert math.isnan(back.loc[back["method"] == "target_only", "ratio"].iloc[0])
+
+    text = md.read_text(encoding="utf-8")
+    assert "## Demo" in text and text.splitlines()[2].startswith("**Metric: accuracy** ×100, mean ± std")
+    assert "| method | 5% | 10% | OTM | full | target |" in text
+    tarot = _md_row(text, "tarot")
+    assert "**90.0 ± 10.0**" in tarot and "**66.0 ± 1.4 (n=2)**" in tarot
+    assert "**" not in _md_row(text, "random")
+    assert "72.5 ± 3.5" in _md_row(text, "random")
+    assert "60.0 (n=1)" in _md_row(text, "random")  # single seed: mean only, flagged
+    assert "OTM selected 23.4 % of the pool." in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "s.md"]
+
+
+def test_markdown_lower_is_better_and_no_footnote():
+    text = report.format_markdown(_runs(name="loss", label="loss", unit="", scale=1.0, higher_is_better=False))
+    assert "**" in _md_row(text, "zeta") and "**" not in _md_row(text, "tarot")
+    assert "lower is better" in text and "OTM selected" not in text
+
+
+def test_markdown_three_significant_digits_off_unit_range():
+    runs = pd.DataFrame(
+        {
+            "method": ["tarot", "tarot", "random"],
+            "ratio": [0.1] * 3,
+            "ratio_label": ["10%"] * 3,
+            "seed": [0, 1, 0],
+            "metric": [12.3456, 12.5456, 130.0],
+        }
+    )
+    text = report.format_markdown(
+        _with_spec(runs, name="perplexity", label="perplexity", unit="", scale=1.0, higher_is_better=False)
+    )
+    assert "**12.4 ± 0.1**" in _md_row(text, "tarot")
+    assert "130 (n=1)" in _md_row(text, "random")
+
+
+def test_spec_without_scale_or_unit_shows_raw_values():
+    text = report.format_markdown(_runs(unit="", scale=1.0))
+    assert "**Metric: accuracy**, mean ± std" in text and "×" not in text
+    assert "**0.900 ± 0.100**" in _md_row(text, "tarot")  # 3 significant digits, no x100
+    assert "0.600 (n=1)" in _md_row(text, "random")
+    assert figures._axis_label({**ACCURACY, "unit": "", "scale": 1.0}) == "accuracy"
+    assert figures._axis_label(ACCURACY) == "accuracy (%)"
+
+
+def test_markdown_header_shows_scale_and_unit():
+    first = {"unit": "m", "scale": 1.0}, "**Metric: accuracy** (m),"
+    second = {"unit": "ms", "scale": 1000.0}, "**Metric: accuracy** ×1000 (ms),"
+    for over, header in (first, second):
+        assert header in report.format_markdown(_runs(**over))
+
+
+def test_spec_drives_best_direction_not_a_keyword():
+    runs = _runs(higher_is_better=False)
+    best = report.summary_long(runs)
+    assert list(best.loc[best["best"] & (best["ratio_label"] == "10%"), "method"]) == ["zeta"]
+    # an explicit spec overrides the runs' attrs
+    best = report.summary_long(runs, spec=ACCURACY)
+    assert list(best.loc[best["best"] & (best["ratio_label"] == "10%"), "method"]) == ["tarot"]
+
+
+def test_write_tables_bad_input_writes_nothing(tmp_path):
+    bad = _runs().assign(metric=np.nan)
+    with pytest.raises(TarotInputError):
+        report.write_tables(bad, tmp_path / "s.csv", tmp_path / "s.md")
+    with pytest.raises(TarotInputError, match="otm_ratio"):
+        report.write_tables(_runs(), tmp_path / "s.csv", tmp_path / "s.md", otm_ratio=23.4)
+    with pytest.raises(TarotInputError, match="metric spec"):
+        report.write_tables(_no_spec(_runs()), tmp_path / "s.csv", tmp_path / "s.md")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- collect
+
+
+def _run_file(path, **over):
+    rec = {
+        "method": "tarot",
+        "ratio": 0.1,
+        "ratio_label": "10%",
+        "seed": 0,
+        "metrics": {"accuracy": 0.9, "f1": 0.8},
+        "metric": "accuracy",
+        "metric_spec": ACCURACY,
+        "notes": "ignored",
+    }
+    rec.update(over)
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def test_collect_runs_builds_tidy_frame(tmp_path):
+    paths = [
+        _run_file(tmp_path / "a.json"),
+        _run_file(tmp_path / "b.json", seed=1, metrics={"accuracy": 1.0, "f1": 0.7}),
+        _run_file(
+            tmp_path / "c.json", method="target_only", ratio=None, ratio_label="target", metrics={"accuracy": 0.4}
+        ),
+    ]
+    runs = report.collect_runs(paths)
+    assert list(runs.columns[:6]) == ["method", "ratio", "ratio_label", "seed", "metric", "metric_name"]
+    assert runs["metric"].tolist() == [0.9, 1.0, 0.4]
+    assert runs["metric_f1"].iloc[:2].tolist() == [0.8, 0.7] and math.isnan(runs["metric_f1"].iloc[2])
+    assert "notes" not in runs.columns and "metric_accuracy" not in runs.columns
+    assert math.isnan(runs["ratio"].iloc[2]) and runs["seed"].dtype == np.int64
+    wide = report.summary_table(runs)
+    assert wide.loc["tarot", ("10%", "mean")] == pytest.approx(0.95)
+
+
+def test_collect_runs_rejects_bad_files(tmp_path):
+    good = _run_file(tmp_path / "good.json")
+    no_metrics = tmp_path / "no_metrics.json"
+    rec = json.loads(good.read_text())
+    del rec["metrics"]
+    no_metrics.write_text(json.dumps(rec))
+    with pytest.raises(TarotInputError, match=r"no_metrics\.json.*metrics"):
+        report.collect_runs([good, no_metrics])
+    nan_file = _run_file(tmp_path / "nan_metric.json", seed=2, metrics={"accuracy": float("nan")})
+    with pytest.raises(TarotInputError, match=r"nan_metric\.json.*finite"):
+        report.collect_runs([good, nan_file])
+    dup = _run_file(tmp_path / "dup.json")
+    with pytest.raises(TarotInputError, match=r"dup\.json.*already read"):
+        report.collect_runs([good, dup])
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(TarotInputError, match=r"junk\.json"):
+        report.collect_runs([tmp_path / "junk.json"])
+
+
+def _brier_records(tmp_path):
+    """Runs of a lower-is-better metric in metres: b has the smallest mean at 10%."""
+    values = {("a", 0): 1.8, ("a", 1): 1.6, ("b", 0): 1.2, ("b", 1): 1.3, ("c", 0): 2.5}
+    return [
+        _run_file(
+            tmp_path / f"{m}_seed{s}.json",
+            method=m,
+            seed=s,
+            metrics={"brier_minfde": v, "ade": v / 2},
+            metric="brier_minfde",
+            metric_spec=BRIER,
+        )
+        for (m, s), v in values.items()
+    ]
+
+
+def test_lower_is_better_spec_marks_smallest_mean(tmp_path):
+    runs = report.collect_runs(_brier_records(tmp_path))
+    assert runs.attrs["metric_spec"] == {**BRIER, "label": "brier_minfde"}
+    long = report.summary_long(runs)
+    assert list(long.loc[long["best"], "method"]) == ["b"]
+    out = tmp_path / "out"
+    (tmp_path / "otm.json").write_text(json.dumps({"chosen_ratio": 0.25}))
+    report.write_task_tables(
+        _brier_records(tmp_path), out / "t.csv", out / "t.md", "traj", otm_json=tmp_path / "otm.json"
+    )
+    text = (out / "t.md").read_text(encoding="utf-8")
+    assert text.startswith("## traj: downstream brier_minfde\n\n**Metric: brier_minfde** (m), mean ± std")
+    assert "lower is better" in text and "OTM selected 25.0 % of the pool." in text
+    assert "**1.25 ± 0.07**" in _md_row(text, "b")  # raw values (scale 1), 3 significant digits
+    assert "1.70 ± 0.14" in _md_row(text, "a") and "**" not in _md_row(text, "a")
+    back = pd.read_csv(out / "t.csv")
+    assert back.loc[back["method"] == "b", "mean"].iloc[0] == pytest.approx(1.25)
+    png = report.plot_task_metric_vs_ratio(_brier_records(tmp_path), out / "f.png", "traj")
+    _assert_png(png)
+
+
+def test_collect_runs_requires_a_metric_spec(tmp_path):
+    good = _run_file(tmp_path / "good.json")
+    old = tmp_path / "old.json"
+    rec = json.loads(_run_file(old, seed=1).read_text())
+    del rec["metric_spec"]
+    old.write_text(json.dumps(rec))
+    with pytest.raises(TarotInputError, match=r"old\.json.*metric_spec.*rerunning the evaluate rule"):
+        report.collect_runs([good, old])
+
+
+def test_collect_runs_rejects_disagreeing_specs(tmp_path):
+    good = _run_file(tmp_path / "good.json")
+    other = _run_file(tmp_path / "raw.json", seed=1, metric_spec={**ACCURACY, "unit": "", "scale": 1.0})
+    with pytest.raises(TarotInputError, match=r"raw\.json: metric_spec .* differs from .* in .*good\.json"):
+        report.collect_runs([good, other])
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({**ACCURACY, "name": "f1"}, "names 'f1'"),
+        ({k: v for k, v in ACCURACY.items() if k != "scale"}, "lacks key.*scale"),
+        ({**ACCURACY, "scale": "100"}, "scale"),
+        ({**ACCURACY, "scale": 0.0}, "scale"),
+        ({**ACCURACY, "higher_is_better": "yes"}, "higher_is_better"),
+        ({**ACCURACY, "unit": None}, "unit"),
+        ("accuracy", "must be an object"),
+    ],
+)
+def test_collect_runs_rejects_bad_specs(tmp_path, spec, match):
+    path = _run_file(tmp_path / "bad_spec.json", metric_spec=spec)
+    with pytest.raises(TarotInputError, match=r"bad_spec\.json.*" + match):
+        report.collect_runs([path])
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _assert_png(path, min_side=200):
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] >= min_side and img.shape[1] >= min_side
+    assert float(img[..., :3].std()) > 0.01  # not a blank canvas
+
+
+def test_plot_metric_vs_ratio_writes_png(tmp_path):
+    out = report.plot_metric_vs_ratio(_runs(), tmp_path / "fig" / "ratio.png", title="demo")
+    assert out == tmp_path / "fig" / "ratio.png"
+    _assert_png(out)
+    assert [p.name for p in (tmp_path / "fig").iterdir()] == ["ratio.png"]
+
+
+def test_failed_plot_leaves_nothing(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def broken_savefig(self, fname, **kwargs):
+        with open(fname, "wb") as fh:
+            fh.write(PNG_SIGNATURE)  # a partial file
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(RuntimeError, match="disk full"):
+        report.plot_metric_vs_ratio(_runs(), tmp_path / "ratio.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _tsne_data(rng):
+    target = rng.normal(size=(25, 6)) + 2.0
+    candidates = rng.normal(size=(120, 6))
+    sels = {"random": rng.choice(120, 20, replace=False), "tarot": np.arange(10, 30), "less": np.array([3, 3, 5])}
+    return target, sels, candidates
+
+
+def test_plot_tsne_writes_png_deterministically(tmp_path, rng):
+    target, sels, candidates = _tsne_data(rng)
+    a = report.plot_tsne(target, sels, candidates, tmp_path / "a.png", seed=3, max_points=40, title="t")
+    b = report.plot_tsne(target, sels, candidates, tmp_path / "b.png", seed=3, max_points=40, title="t")
+    _assert_png(a)
+    assert a.read_bytes() == b.read_bytes()  # seeded subsample + seeded t-SNE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda t, s, c: (t[:, :5], s, c), "dimension mismatch"),
+        (lambda t, s, c: (t, {"tarot": np.array([0, 120])}, c), r"\[0, 120\)"),
+        (lambda t, s, c: (t, {"tarot": np.ones(120, dtype=bool)}, c), "integer"),
+        (lambda t, s, c: (t, {}, c), "non-empty"),
+        (lambda t, s, c: (t, s, np.where(np.arange(120)[:, None] == 7, np.nan, c)), "NaN"),
+    ],
+)
+def test_plot_tsne_rejects_bad_input_and_writes_nothing(tmp_path, rng, make, match):
+    target, sels, candidates = make(*_tsne_data(rng))
+    with pytest.raises(TarotInputError, match=match):
+        report.plot_tsne(target, sels, candidates, tmp_path / "t.png")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+from conftest import unit_rows
+
+from tarot_select import TarotInputError, ot_distance, select, select_fixed_size, select_otm
+from tarot_select.knn import nearest_neighbors
+from tarot_select.select import target_folds
+
+
+@pytest.mark.parametrize("budget", [1, 7, 40, 123, 400])
+def test_fixed_size_returns_exactly_budget_unique(rng, budget):
+    cand, targ = unit_rows(rng.normal(size=(400, 10))), unit_rows(rng.normal(size=(30, 10)))
+    sel = select_fixed_size(cand, targ, budget)
+    assert sel.size == budget
+    assert len(np.unique(sel.indices)) == budget
+    assert sel.indices.min() >= 0 and sel.indices.max() < 400
+
+
+def test_fixed_size_first_rounds_are_nearest_neighbours(rng):
+    cand, targ = unit_rows(rng.normal(size=(500, 8))), unit_rows(rng.normal(size=(20, 8)))
+    first = np.unique(nearest_neighbors(cand, targ, 1).indices[:, 0])
+    sel = select_fixed_size(cand, targ, len(first) + 5)
+    assert set(first) <= set(sel.indices.tolist())
+    assert sel.info["full_rounds"] >= 1
+
+
+def test_fill_keeps_lowest_potentials_and_beats_the_opposite_ranking():
+    # A two-mode target over a pool spread on the sphere; the budget is cut in the third
+    # round, so the fill step decides half of that round.
+    rng = np.random.default_rng(0)
+    eye = np.eye(8)
+    cand = unit_rows(rng.normal(size=(2000, 8)))
+    targ = unit_rows(np.concatenate([rng.normal(size=(60, 8)) + 2 * eye[0], rng.normal(size=(40, 8)) + 2 * eye[1]]))
+    nn = nearest_neighbors(cand, targ, 3).indices
+    full = np.unique(nn[:, :2])
+    new = np.setdiff1d(np.unique(nn[:, 2]), full)
+    need = len(new) // 2
+    sel = select_fixed_size(cand, targ, len(full) + need, ot_method="exact")
+    assert sel.info["full_rounds"] == 2 and sel.info["fill"]["kept"] == need
+
+    f = ot_distance(cand[np.concatenate([full, new])], targ, method="exact").potential_source[len(full) :]
+    low = new[np.argsort(f, kind="stable")[:need]]
+    high = new[np.argsort(-f, kind="stable")[:need]]
+    assert sorted(sel.indices.tolist()) == sorted(np.concatenate([full, low]).tolist())
+
+    def dist(fill):
+        return ot_distance(cand[np.concatenate([full, fill])], targ, method="exact").value
+
+    d_low, d_high = dist(low), dist(high)
+    d_random = np.mean([dist(rng.choice(new, need, replace=False)) for _ in range(20)])
+    assert d_low < d_random < d_high
+    assert d_low == pytest.approx(ot_distance(cand[sel.indices], targ, method="exact").value)
+
+
+def test_fixed_size_bad_budget(rng):
+    cand, targ = rng.normal(size=(10, 3)), rng.normal(size=(4, 3))
+    with pytest.raises(TarotInputError, match="larger than the candidate pool"):
+        select_fixed_size(cand, targ, 11)
+    with pytest.raises(TarotInputError, match="at least 1"):
+        select_fixed_size(cand, targ, 0)
+    with pytest.raises(TarotInputError, match=r"ratio must be in \(0, 1\]"):
+        select_fixed_size(cand, targ, ratio=1.5)
+
+
+def test_otm_stops_at_the_minimum():
+    # each target has an almost exact copy among the candidates (its nearest neighbour);
+    # every other candidate is far away. The held-out distance falls while copies of
+    # other targets come in and rises with the first far point.
+    rng = np.random.default_rng(3)
+    targ = rng.normal(size=(40, 4))
+    copies = targ + 1e-3 * rng.normal(size=targ.shape)
+    far = 10 + rng.normal(size=(60, 4))
+    cand = np.concatenate([far[:30], copies, far[30:]])
+    sel = select_otm(cand, targ, n_folds=4, seed=0, ot_method="exact")
+    assert sorted(sel.indices.tolist()) == list(range(30, 70))  # exactly the copies, no far point
+    assert sel.chosen_ratio == pytest.approx(40 / 100)
+    for fold in sel.info["folds"]:
+        trace = fold["trace"]
+        # the last step (the one the released code would keep) added far points and rose
+        assert trace[-1] > min(trace) and fold["best_distance"] == min(trace)
+        assert fold["kept"] == 40
+
+
+def test_otm_keeps_the_argmin_of_each_trace(rng):
+    cand = unit_rows(rng.normal(size=(600, 8)))
+    targ = unit_rows(rng.normal(size=(80, 8)) + 0.5)
+    sel = select_otm(cand, targ, n_folds=5, seed=1, patience=2)
+    for fold in sel.info["folds"]:
+        trace = np.array(fold["trace"])
+        assert fold["best_distance"] == pytest.approx(trace.min())
+        # stopped after `patience` non-improving steps, or ran out of ranks
+        assert len(trace) - 1 - int(np.argmin(trace)) <= 2
+    assert 0 < sel.size <= 600 and len(np.unique(sel.indices)) == sel.size
+
+
+def test_otm_folds_are_a_seeded_partition():
+    folds = target_folds(23, 5, seed=4)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(23))
+    assert [len(f) for f in folds] == [5, 5, 5, 4, 4]
+    assert all(np.array_equal(a, b) for a, b in zip(folds, target_folds(23, 5, seed=4)))
+    with pytest.raises(TarotInputError, match="cannot exceed"):
+        target_folds(3, 5, 0)
+
+
+def test_select_is_reproducible(rng):
+    cand, targ = rng.normal(size=(300, 12)), rng.normal(size=(40, 12))
+    for method, kw in [("tarot", {"ratio": 0.1}), ("otm", {}), ("random", {"budget": 9})]:
+        a = select(method, cand, targ, seed=5, **kw)
+        b = select(method, cand, targ, seed=5, **kw)
+        assert np.array_equal(a.indices, b.indices)
+
+
+def test_select_bad_input(rng):
+    cand, targ = rng.normal(size=(20, 4)), rng.normal(size=(5, 4))
+    with pytest.raises(TarotInputError, match="unknown method"):
+        select("best", cand, targ, budget=3)
+    with pytest.raises(TarotInputError, match="dimension mismatch"):
+        select("tarot", cand, targ[:, :3], budget=3)
+    bad = targ.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(TarotInputError, match="targets: row 2 holds NaN"):
+        select("tarot", cand, bad, budget=3)
+    with pytest.raises(TarotInputError, match="targets: is empty"):
+        select("tarot", cand, targ[:0], budget=3)
+    with pytest.raises(TarotInputError, match="otm chooses its own size"):
+        select("otm", cand, targ, budget=3)
+    with pytest.raises(TarotInputError, match="exactly one of budget or ratio"):
+        select("dsdm", cand, targ)
+
+
+def test_precomputed_wfd_features_give_the_same_selection(rng):
+    from tarot_select import Whitener
+
+    cand, targ = rng.normal(size=(300, 12)), rng.normal(size=(40, 12))
+    w = Whitener("zca").fit(cand, targ)
+    a = select("tarot", cand, targ, budget=30, whiten="zca")
+    b = select("tarot", cand, targ, budget=30, wfd_features=(w.transform(cand), w.transform(targ)))
+    assert np.array_equal(a.indices, b.indices) and a.ot_distance == pytest.approx(b.ot_distance)
+    with pytest.raises(TarotInputError, match="WFD features have 299 candidates"):
+        select("tarot", cand, targ, budget=30, wfd_features=(w.transform(cand[1:]), w.transform(targ)))

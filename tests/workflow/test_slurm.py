@@ -1,0 +1,111 @@
+"""The workflow on a real SLURM cluster (profiles/slurm) gives the same results as a local run.
+
+Needs a running SLURM cluster and snakemake-executor-plugin-slurm. CI starts a
+single-node cluster with .ci/slurm-up.sh and sets TAROT_REQUIRE_SLURM=1, so there a
+missing cluster fails the suite instead of skipping these tests.
+
+The local reference is the session's tiny run (tests/conftest.py). The SLURM run uses
+the same data, proxy and feature settings but fewer methods, so it stays short (each
+SLURM job costs ~10-20 s of submission and polling here); every selection and metric
+it makes must equal the local one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from smk_helpers import smk, write_config
+
+# the SLURM run: LESS (Adam-preconditioned shards), TAROT, OTM and the full-pool reference
+SLURM_CHANGES = {
+    "methods": ["tarot", "less"],
+    "ratios": [0.1],
+    "weighting.enabled": False,
+    "references": ["full"],
+    "lds.enabled": False,
+}
+
+
+def _slurm_ready() -> str | None:
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        return "snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')"
+    if shutil.which("sinfo") is None:
+        return "no SLURM client (sinfo)"
+    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30, check=False)
+    if res.returncode != 0 or not {"idle", "mixed", "allocated"} & set(res.stdout.split()):
+        return f"no usable SLURM node ({res.stdout.strip() or res.stderr.strip()})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_ready():
+    why = _slurm_ready()
+    if why is not None:
+        if os.environ.get("TAROT_REQUIRE_SLURM") == "1":
+            pytest.fail(f"TAROT_REQUIRE_SLURM=1 but {why}")
+        pytest.skip(why)
+
+
+def slurm_smk(*args: str, timeout: int) -> subprocess.CompletedProcess:
+    """Snakemake through the SLURM profile; on a timeout, cancel what it left queued."""
+    try:
+        return smk("--profile", "profiles/slurm", *args, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["scancel", "--user", str(os.getuid())], check=False)
+        raise
+
+
+def _metrics(results: Path, selection: str) -> dict[str, float]:
+    return json.loads((results / "digits" / "metrics" / selection / "seed0.json").read_text())["metrics"]
+
+
+@pytest.mark.xdist_group("tiny")
+def test_slurm_run_equals_local_run(slurm_ready, tiny_run, tmp_path):
+    local = tiny_run[0] / "results"
+    cfg = write_config(tmp_path, **SLURM_CHANGES)
+    res = slurm_smk("--configfile", str(cfg), timeout=1200)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "submitted with SLURM jobid" in out, out[-2000:]  # really went through SLURM
+    remote = tmp_path / "results"
+    names = ["tarot.r0.1", "less.r0.1", "otm", "full"]
+    for name in names:
+        a = (local / "digits" / "selections" / f"{name}.csv").read_bytes()
+        assert a == (remote / "digits" / "selections" / f"{name}.csv").read_bytes(), name
+        ma, mb = _metrics(local, name), _metrics(remote, name)
+        assert ma.keys() == mb.keys() and ma
+        for key in ma:
+            assert np.isclose(ma[key], mb[key], rtol=0, atol=1e-12), (name, key, ma[key], mb[key])
+    # the gathered shards and the whitened features are the same arrays
+    for name in ("candidates", "targets", "candidates_adam", "wfd_candidates", "wfd_targets"):
+        fa = np.load(local / "digits" / "features" / f"{name}.npy")
+        fb = np.load(remote / "digits" / "features" / f"{name}.npy")
+        np.testing.assert_array_equal(fa, fb, err_msg=name)
+    # the table's rows for these selections match the local table's
+    local_rows = set((local / "tables" / "digits.csv").read_text().splitlines()[1:])
+    remote_rows = (remote / "tables" / "digits.csv").read_text().splitlines()[1:]
+    assert len(remote_rows) == len(names) and set(remote_rows) <= local_rows
+
+
+@pytest.mark.xdist_group("tiny")
+def test_failed_slurm_job_fails_the_run_and_names_its_log(slurm_ready, tiny_run, tmp_path):
+    # Reuse the tiny run's data and proxy, then ask for more shards than there are
+    # targets: only the dump job can see that, so exactly one SLURM job runs and fails.
+    local = tiny_run[0] / "results" / "digits"
+    for name in ("data", "proxy"):
+        shutil.copytree(local / name, tmp_path / "results" / "digits" / name)
+    cfg = write_config(tmp_path, **{"features.shards": 30})
+    target = tmp_path / "results" / "digits" / "features" / "shards" / "targets.0.npy"
+    res = slurm_smk(str(target), "--configfile", str(cfg), timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "30 shards for only 24 samples" in out, out[-3000:]
+    assert str(tmp_path / "results" / "digits" / "logs" / "dump_gradients_targets.0.log") in out, out[-3000:]
+    assert not target.exists()
