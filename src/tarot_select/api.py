@@ -55,6 +55,7 @@ def select(
     checkpoint_dims: Sequence[int] | None = None,
     checkpoint_weights: Sequence[float] | None = None,
     dsdm_ridge: float = 1e-4,
+    train_weights: np.ndarray | None = None,
     wfd_features: tuple[np.ndarray, np.ndarray] | None = None,
     neighbors: Neighbors | None = None,
     evaluate: bool = True,
@@ -84,6 +85,9 @@ def select(
         Subtask label per target (``less``).
     checkpoint_dims, checkpoint_weights
         Feature blocks per checkpoint and their weights (``dsdm`` and ``less``).
+    train_weights : np.ndarray, shape (n,) or (n, n_checkpoints), optional
+        ``dsdm`` with TRAK's out-to-loss factor :math:`q_i = 1 - p_{y_i}` (per checkpoint),
+        for candidates/targets that are model-*output* (margin) gradients.
     wfd_features : (np.ndarray, np.ndarray), optional
         Precomputed WFD features (whitened, normalised) of candidates and targets, e.g.
         from the workflow's whitening stage. When given, ``whiten``/``normalize``/``eps``
@@ -160,7 +164,9 @@ def select(
     elif method == "random":
         sel = random_selection(n, budget, seed=seed)
     elif method == "dsdm":
-        scores = dsdm_scores(candidates, targets, ridge=dsdm_ridge, checkpoint_dims=checkpoint_dims)
+        scores = dsdm_scores(
+            candidates, targets, ridge=dsdm_ridge, checkpoint_dims=checkpoint_dims, train_weights=train_weights
+        )
         sel = select_by_scores("dsdm", scores, budget)
     else:  # less
         scores = less_scores(

@@ -3,8 +3,11 @@ r"""Baseline selectors with the same result type as TAROT.
 * ``random``: a seeded uniform sample without replacement.
 * ``dsdm``: DsDm through TRAK scores. For each checkpoint block :math:`X` (candidates)
   and :math:`X_T` (targets) of projected gradients,
-  :math:`\tau = X (X^\top X + \lambda I)^{-1} X_T^\top \mathbf{1}/m`, i.e. the TRAK
+  :math:`\tau = Q X (X^\top X + \lambda I)^{-1} X_T^\top \mathbf{1}/m`, i.e. the TRAK
   attribution averaged over targets; blocks are averaged; the top-:math:`B` are kept.
+  TRAK's datamodels use gradients of the model *output* (the correct-class margin) and
+  :math:`Q = \operatorname{diag}(1 - p_{y_i})` (``train_weights``); with loss gradients
+  and no weights, :math:`Q = I`.
   :math:`\lambda = \text{ridge}\cdot\mathrm{tr}(X^\top X)/d`.
 * ``less``: LESS scores. Per checkpoint :math:`t` (weight :math:`\eta_t`, e.g. its learning
   rate; normalised to sum to one) the cosine similarity of each (Adam-preconditioned)
@@ -58,13 +61,26 @@ def dsdm_scores(
     targets: np.ndarray,
     ridge: float = 1e-4,
     checkpoint_dims: Sequence[int] | None = None,
+    train_weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    r"""Mean TRAK attribution of each candidate to the targets, shape (n,) float64."""
+    r"""Mean TRAK attribution of each candidate to the targets, shape (n,) float64.
+
+    ``train_weights`` (shape ``(n,)``, or ``(n, n_blocks)`` for one column per checkpoint
+    block) is TRAK's :math:`Q`: block scores are multiplied row-wise by it.
+    """
     check_pair(candidates, targets)
     n, d = candidates.shape
     scores = np.zeros(n)
     blocks = _blocks(d, checkpoint_dims)
-    for sl in blocks:
+    q = None
+    if train_weights is not None:
+        q = np.asarray(train_weights, dtype=np.float64)
+        q = np.repeat(q[:, None], len(blocks), 1) if q.ndim == 1 else q
+        if q.shape != (n, len(blocks)) or not np.isfinite(q).all():
+            raise TarotInputError(
+                f"train_weights must be finite of shape ({n},) or ({n}, {len(blocks)}), got {q.shape}"
+            )
+    for b_i, sl in enumerate(blocks):
         k = sl.stop - sl.start
         gram = np.zeros((k, k))
         for s in range(0, n, _BLOCK):
@@ -74,7 +90,8 @@ def dsdm_scores(
         t_mean = np.asarray(targets[:, sl], dtype=np.float64).mean(0)
         v = np.linalg.solve(gram + lam * np.eye(k), t_mean)
         for s in range(0, n, _BLOCK):
-            scores[s : s + _BLOCK] += np.asarray(candidates[s : s + _BLOCK, sl], dtype=np.float64) @ v
+            block = np.asarray(candidates[s : s + _BLOCK, sl], dtype=np.float64) @ v
+            scores[s : s + _BLOCK] += block if q is None else q[s : s + _BLOCK, b_i] * block
     return scores / len(blocks)
 
 

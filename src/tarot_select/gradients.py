@@ -307,10 +307,12 @@ class AdamPreconditioner:
 
         m' = beta1 * m + (1 - beta1) * g
         v' = beta2 * v + (1 - beta2) * g**2
-        g_adam = m' / (sqrt(v') + eps)
+        g_adam = m' / sqrt(v' + eps)
 
-    No bias correction is applied (as in the LESS reference implementation); it would
-    only rescale ``m'`` and ``v'`` by per-step constants. ``amsgrad``'s ``max_exp_avg_sq``
+    as LESS defines it (its Eq. for the Adam update direction, and its released code:
+    ``m / torch.sqrt(v + eps)``) -- not torch's optimizer step ``m' / (sqrt(v') + eps)``;
+    the two differ only where ``v'`` is below about ``eps``. No bias correction is applied
+    (as in LESS); it would only rescale ``m'`` and ``v'`` by per-step constants. ``amsgrad``'s ``max_exp_avg_sq``
     is not used.
 
     Parameters
@@ -456,5 +458,5 @@ class AdamPreconditioner:
             g32 = g.to(torch.float32)
             m_new = b1 * m + (1.0 - b1) * g32
             v_new = b2 * v + (1.0 - b2) * g32.square()
-            out[name] = m_new / (v_new.sqrt() + self.eps)
+            out[name] = m_new / (v_new + self.eps).sqrt()
         return out

@@ -33,7 +33,7 @@ from .distance import OTMethod, ot_distance
 from .errors import TarotInputError
 from .knn import nearest_neighbors
 
-__all__ = ["apportion", "potential_counts", "optimal_weights"]
+__all__ = ["apportion", "optimal_weights", "potential_counts", "uniform_counts"]
 
 
 def apportion(values: np.ndarray, total: int, minimum: int = 1) -> np.ndarray:
@@ -66,6 +66,38 @@ def apportion(values: np.ndarray, total: int, minimum: int = 1) -> np.ndarray:
         order = np.lexsort((np.arange(s), -(quota - base)))
         base[order[:left]] += 1
     return base + minimum
+
+
+def uniform_counts(n: int, repeat: float) -> np.ndarray:
+    r"""Uniform repeat counts: every sample :math:`\lfloor R \rfloor` or :math:`\lceil R \rceil`
+    times, :math:`\operatorname{round}(R n)` in all.
+
+    The compute-matched counterpart of :func:`potential_counts`: a method trained on these
+    counts takes as many steps as one trained on potential counts with the same ``repeat``
+    (the paper's "uniform repetition to match the same size"). The extra copies of a
+    fractional ``R`` go to evenly spaced rows.
+
+    Parameters
+    ----------
+    n : int
+        Selected samples (>= 1).
+    repeat : float
+        :math:`R \ge 1`.
+
+    Returns
+    -------
+    np.ndarray, shape (n,), int64, summing to ``round(repeat * n)``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise TarotInputError(f"n must be a positive integer, got {n!r}")
+    if not np.isfinite(repeat) or repeat < 1:
+        raise TarotInputError(f"repeat must be a finite number >= 1, got {repeat!r}")
+    base = int(np.floor(repeat))
+    counts = np.full(int(n), base, dtype=np.int64)
+    extra = int(round(repeat * n)) - base * int(n)
+    if extra > 0:
+        counts[np.linspace(0, n, extra, endpoint=False).astype(np.int64)] += 1
+    return counts
 
 
 def potential_counts(

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 WhitenMethod = Literal["cholesky", "zca", "none"]
 WHITEN_METHODS: tuple[str, ...] = ("cholesky", "zca", "none")
 DEFAULT_BLOCK_ROWS = 4096
+#: Fewer rows per whitened dimension than this draws a warning (covariance poorly estimated).
+_ROWS_PER_DIM = 5
 
 
 @dataclass
@@ -174,6 +176,15 @@ class Whitener:
             return self
         cov = stats.covariance
         d = cov.shape[0]
+        if stats.n < _ROWS_PER_DIM * d:
+            log.warning(
+                "whitening %d dimensions from only %d rows: the covariance is poorly estimated and its small "
+                "eigenvalues (amplified by whitening) are mostly noise; use at least %d rows per dimension "
+                "(a smaller proj_dim, or features.combine: sum)",
+                d,
+                stats.n,
+                _ROWS_PER_DIM,
+            )
         scale = float(np.trace(cov)) / d
         if not np.isfinite(scale) or scale <= 0:
             raise TarotInputError("features have zero variance: every row is identical, nothing to whiten")

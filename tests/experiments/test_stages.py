@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tarot_select.errors import TarotInputError
 from tarot_select.experiments import plan, stages
@@ -100,3 +101,85 @@ def test_run_records_carry_the_primary_metric_spec(prepared, tmp_path):
         "higher_is_better": True,
     }
     assert json.loads((tmp_path / "r.json").read_text())["metric"] == "accuracy"
+
+
+@pytest.fixture(scope="module")
+def feature_files(prepared):
+    _, task, root = prepared
+    features = {"proj_dim": 8, "batch_size": 16}
+    f = root / "features"
+    for split, adam in (("candidates", False), ("targets", False), ("candidates", True)):
+        name = f"{split}_adam" if adam else split
+        stages.dump_gradients(task, root / "data", root / "proxy", split, f / f"{name}.npy", features, adam=adam)
+    stages.whiten_features(
+        f / "candidates.npy",
+        f / "targets.npy",
+        f / "wfd_candidates.npy",
+        f / "wfd_targets.npy",
+        out_neighbors=f / "nb.npz",
+    )
+    files = {
+        k: str(f / f"{k}.npy") for k in ("candidates", "targets", "candidates_adam", "wfd_candidates", "wfd_targets")
+    }
+    return {**files, "wfd_neighbors": str(f / "nb.npz"), "data": str(root / "data")}
+
+
+SETTINGS = {"seed": 0, "repeat": 2.0, "folds": 3, "patience": 1, "ot_method": "auto", "reg": 0.01}
+
+
+def test_random_is_drawn_once_per_downstream_seed(prepared, feature_files, tmp_path):
+    _, task, _ = prepared
+    config = {"seeds": [0, 1], "methods": ["random", "tarot"], "ratios": [0.25]}
+    config |= {"weighting": {"enabled": False}, "otm": {"enabled": False}, "references": []}
+    assert plan.selections(config) == ["random-s0.r0.25", "random-s1.r0.25", "tarot.r0.25"]
+    assert plan.runs(config) == [("random-s0.r0.25", 0), ("random-s1.r0.25", 1), ("tarot.r0.25", 0), ("tarot.r0.25", 1)]
+    draws = [
+        stages.select_for_job(task, name, feature_files, tmp_path / f"{name}.csv", SETTINGS).indices
+        for name in ("random-s0.r0.25", "random-s1.r0.25", "random-s0.r0.25")
+    ]
+    assert not np.array_equal(draws[0], draws[1]) and np.array_equal(draws[0], draws[2])
+    meta = json.loads((tmp_path / "random-s1.r0.25.json").read_text())
+    assert meta["method"] == "random" and meta["ratio_label"] == "25%"
+
+
+def test_every_method_at_a_ratio_trains_on_as_many_samples_per_epoch(prepared, feature_files, tmp_path):
+    _, task, root = prepared
+    config = {"weighting": {"enabled": True, "repeat": 2.0}}
+    seen = {}
+    for name in ("tarot.r0.25", "tarot_weighted.r0.25", "dsdm.r0.25"):
+        csv = tmp_path / f"{name}.csv"
+        stages.select_for_job(task, name, feature_files, csv, SETTINGS)
+        repeat = plan.repeat_factor(config, name)
+        stages.train_downstream(task, root / "data", csv, 0, tmp_path / f"{name}.pt", repeat=repeat)
+        seen[name] = torch.load(tmp_path / f"{name}.pt", weights_only=True)["samples_per_epoch"]
+    assert plan.repeat_factor(config, "tarot_weighted.r0.25") == 1.0 and plan.repeat_factor(config, "otm") == 1.0
+    assert len(set(seen.values())) == 1 and seen["tarot.r0.25"] == 2 * 10, seen
+
+
+def test_a_selection_records_its_source_and_class_composition(prepared, feature_files, tmp_path):
+    _, task, _ = prepared
+    sel = stages.select_for_job(task, "less.r0.25", feature_files, tmp_path / "less.csv", SETTINGS)
+    meta = json.loads((tmp_path / "less.json").read_text())
+    for kind in ("source", "class"):
+        assert sum(meta["composition"][kind].values()) == sel.size
+    labels = stages.load_data(task, feature_files["data"]).candidates.tensors[1].numpy()
+    assert meta["group_totals"] == {"source": 2, "class": len(np.unique(labels))}
+    assert len(meta["composition"]["class"]) <= meta["group_totals"]["class"]
+
+
+def test_dsdm_scores_trak_datamodels_of_the_margin_when_the_task_has_outputs(prepared, feature_files, tmp_path):
+    _, task, root = prepared
+    f = tmp_path / "out"
+    features = {"proj_dim": 8, "batch_size": 16}
+    for split in ("candidates", "targets"):
+        stages.dump_gradients(task, root / "data", root / "proxy", split, f / f"{split}_output.npy", features, output=True)
+    assert load_features(f / "candidates_output.npy").meta["gradient_of"] == "model output"
+    q = stages.proxy_train_weights(task, stages.load_data(task, root / "data"), root / "proxy")
+    assert q.shape == (40, 1) and ((q > 0) & (q < 1)).all()
+    files = {**feature_files, "proxy": str(root / "proxy")}
+    files |= {f"{s}_output": str(f / f"{s}_output.npy") for s in ("candidates", "targets")}
+    with_q = stages.select_for_job(task, "dsdm.r0.25", files, tmp_path / "m.csv", SETTINGS)
+    plain = stages.select_for_job(task, "dsdm.r0.25", feature_files, tmp_path / "l.csv", SETTINGS)
+    assert "margin" in json.loads((tmp_path / "m.json").read_text())["dsdm_features"]
+    assert "loss gradients" in json.loads((tmp_path / "l.json").read_text())["dsdm_features"]
+    assert with_q.size == plain.size == 10

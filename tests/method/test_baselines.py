@@ -55,3 +55,14 @@ def test_baselines_share_the_result_type(rng):
         sel = select(method, x, xt, budget=17)
         assert sel.size == 17 and sel.method == method and sel.budget == 17
         assert sel.ot_distance is not None and np.isfinite(sel.ot_distance)
+
+
+def test_dsdm_train_weights_scale_each_block_row_wise(rng):
+    x, z = rng.normal(size=(30, 6)), rng.normal(size=(5, 6))
+    q = rng.uniform(0.1, 0.9, size=(30, 2))
+    plain = [dsdm_scores(x[:, :3], z[:, :3]), dsdm_scores(x[:, 3:], z[:, 3:])]
+    weighted = dsdm_scores(x, z, checkpoint_dims=[3, 3], train_weights=q)
+    np.testing.assert_allclose(weighted, (q[:, 0] * plain[0] + q[:, 1] * plain[1]) / 2, rtol=1e-10)
+    np.testing.assert_allclose(dsdm_scores(x, z, train_weights=q[:, 0]), q[:, 0] * dsdm_scores(x, z), rtol=1e-10)
+    with pytest.raises(TarotInputError, match="train_weights"):
+        dsdm_scores(x, z, train_weights=q[:10, 0])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tarot_select.errors import TarotInputError
-from tarot_select.featurize import Checkpoint, GradientFeaturizer
+from tarot_select.featurize import Checkpoint, GradientFeaturizer, combine_checkpoints
 from tarot_select.gradients import (
     AdamPreconditioner,
     flatten_gradients,
@@ -167,9 +167,9 @@ def test_adam_preconditioner_formula() -> None:
             gi = g[name][i]
             m2 = 0.8 * m[name] + 0.2 * gi
             v2 = 0.9 * v[name] + 0.1 * gi**2
-            torch.testing.assert_close(out[name][i], m2 / (v2.sqrt() + 1e-3))
+            torch.testing.assert_close(out[name][i], m2 / (v2 + 1e-3).sqrt())
     # a hand-computed entry: w[0,0,0]: m'=0.8*0.1+0.2*1=0.28, v'=0.9*0.01+0.1=0.109
-    assert out["w"][0, 0, 0].item() == pytest.approx(0.28 / (math.sqrt(0.109) + 1e-3), rel=1e-6)
+    assert out["w"][0, 0, 0].item() == pytest.approx(0.28 / math.sqrt(0.109 + 1e-3), rel=1e-6)  # LESS: sqrt(v+eps)
     with pytest.raises(TarotInputError):
         pre({"other": torch.zeros(1, 1)})
     with pytest.raises(TarotInputError):
@@ -323,7 +323,7 @@ def test_preconditioner_applied_before_projection() -> None:
         gi = raw[:, start : start + k].reshape(len(x), *m[n].shape)
         mm = 0.9 * m[n] + 0.1 * gi
         vv = 0.999 * v[n] + 0.001 * gi**2
-        parts.append((mm / (vv.sqrt() + 1e-8)).reshape(len(x), -1))
+        parts.append((mm / (vv + 1e-8).sqrt()).reshape(len(x), -1))
         start += k
     expected = 2.0 * feat.projector.project(torch.cat(parts, 1)).numpy()  # sqrt(4) = 2
     np.testing.assert_allclose(phi, expected, rtol=1e-3, atol=1e-4)
@@ -464,3 +464,30 @@ def test_featurize_to_file(tmp_path) -> None:
         feat.featurize_to_file(bad, lambda: batches_of(x, y), 11, ckpts, dtype="int8", progress=False)
     with pytest.raises(TarotInputError):
         feat.featurize_to_file(bad, lambda: batches_of(x, y), 11, ckpts, extra_meta={"n_params": 1}, progress=False)
+
+
+def test_sum_combination_equals_the_projection_of_the_summed_checkpoint_gradients() -> None:
+    """Eq. 4 then Eq. 6: sum_t P g_t = P sum_t g_t, rebuilt from the stored sqrt(w_t)-scaled blocks."""
+    model = make_model()
+    x, y = make_data(7)
+    states = [perturbed_state(model, 11), perturbed_state(model, 12)]
+    ckpts = [Checkpoint(state_dict=s, weight=w) for s, w in zip(states, (0.3, 0.05))]
+    feat = GradientFeaturizer(model, ce_loss, proj_dim=16, seed=5)
+    stored = feat.featurize(batches_of(x, y), ckpts, progress=False)
+    names = feat.param_names
+    grads = []
+    for s in states:
+        m = make_model()
+        m.load_state_dict(s)
+        grads.append(manual_grads(m, x, y, names))
+    by_hand = feat.projector.project(grads[0] + grads[1]).numpy()
+    np.testing.assert_allclose(combine_checkpoints(stored, [16, 16], [0.3, 0.05], "sum"), by_hand, rtol=1e-4, atol=1e-5)
+    lr_sum = feat.projector.project(0.3 * grads[0] + 0.05 * grads[1]).numpy()
+    np.testing.assert_allclose(
+        combine_checkpoints(stored, [16, 16], [0.3, 0.05], "lr_sum"), lr_sum, rtol=1e-4, atol=1e-6
+    )
+    assert combine_checkpoints(stored, [16, 16], [0.3, 0.05], "concat") is stored
+    with pytest.raises(TarotInputError, match="different widths"):
+        combine_checkpoints(stored, [10, 22], [0.3, 0.05], "sum")
+    with pytest.raises(TarotInputError, match="unknown checkpoint combination"):
+        combine_checkpoints(stored, [16, 16], [0.3, 0.05], "mean")

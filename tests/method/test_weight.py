@@ -4,6 +4,7 @@ from conftest import unit_rows
 
 from tarot_select import TarotInputError, apportion, optimal_weights, ot_distance, potential_counts
 from tarot_select.knn import nearest_neighbors
+from tarot_select.weight import uniform_counts
 
 
 def test_apportion_by_hand():
@@ -64,3 +65,13 @@ def test_select_with_weighting(rng):
     assert s.weights.sum() == 100 and s.weights.min() >= 1 and s.weighting == "potential"
     s = select("random", cand, targ, budget=40, weighting="optimal")
     assert s.weights.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n,repeat", [(7, 1.0), (7, 2.0), (10, 2.5), (3, 1.4), (100, 3.0)])
+def test_uniform_counts_match_the_total_of_potential_counts(n, repeat):
+    counts = uniform_counts(n, repeat)
+    assert counts.dtype == np.int64 and counts.shape == (n,)
+    assert counts.sum() == round(repeat * n)
+    assert set(np.unique(counts)) <= {int(np.floor(repeat)), int(np.ceil(repeat))}
+    with pytest.raises(TarotInputError):
+        uniform_counts(n, 0.5)

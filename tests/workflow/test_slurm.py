@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from smk_helpers import smk, write_config
 
-# the SLURM run: LESS (Adam-preconditioned shards), TAROT, OTM and the full-pool reference
+# the SLURM run: LESS (Adam-preconditioned shards), TAROT (plain and weighted: the weighted
+# comparison sets every method's repetition), OTM and the full-pool reference
 SLURM_CHANGES = {
     "methods": ["tarot", "less"],
     "ratios": [0.1],
-    "weighting.enabled": False,
     "references": ["full"],
     "lds.enabled": False,
 }
@@ -75,7 +75,7 @@ def test_slurm_run_equals_local_run(slurm_ready, tiny_run, tmp_path):
     assert res.returncode == 0, out[-4000:]
     assert "submitted with SLURM jobid" in out, out[-2000:]  # really went through SLURM
     remote = tmp_path / "results"
-    names = ["tarot.r0.1", "less.r0.1", "otm", "full"]
+    names = ["tarot.r0.1", "less.r0.1", "tarot_weighted.r0.1", "otm", "full"]
     for name in names:
         a = (local / "digits" / "selections" / f"{name}.csv").read_bytes()
         assert a == (remote / "digits" / "selections" / f"{name}.csv").read_bytes(), name

@@ -219,7 +219,7 @@ def _planned(cfg: Path) -> dict[str, int]:
     return {rule: int(n) for rule, n in found if rule != "total"}
 
 
-FEATURE_JOBS = {"dump_gradients": 6, "gather_features": 3, "whiten": 1, "select": 13}
+FEATURE_JOBS = {"dump_gradients": 10, "gather_features": 5, "whiten": 1, "select": 13}
 DOWNSTREAM_JOBS = {"train_downstream": 13, "evaluate": 13, "table": 1, "figure_metric_vs_ratio": 1, "all": 1}
 LDS_MODEL_JOBS = {"lds_train_subsets": 2, "lds_gather_outputs": 1, "lds_member": 2, "lds_evaluate": 1, "lds_report": 1}
 
@@ -269,7 +269,7 @@ def test_a_new_seed_reruns_everything_from_data_preparation(tiny_run, tmp_path):
 def test_same_config_gives_byte_identical_selections(tiny_run, tmp_path):
     tmp, _ = tiny_run
     cfg = write_config(tmp_path)
-    names = ["tarot.r0.1", "dsdm.r0.5", "less.r0.1", "otm", "random.r0.5", "tarot_weighted.r0.1"]
+    names = ["tarot.r0.1", "dsdm.r0.5", "less.r0.1", "otm", "random-s0.r0.5", "tarot_weighted.r0.1"]
     targets = [str(tmp_path / "results" / "digits" / "selections" / f"{n}.csv") for n in names]
     res = smk(*targets, "--cores", "2", "--configfile", str(cfg))
     assert res.returncode == 0, res.stderr[-3000:]

@@ -6,7 +6,7 @@ from snakemake.utils import validate
 from tarot_select.errors import TarotInputError
 from tarot_select.experiments import plan
 from tarot_select.experiments.config import check_config
-from tarot_select.experiments.naming import selection_name
+from tarot_select.experiments.naming import parse_selection, selection_name
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 try:
@@ -28,16 +28,18 @@ LDS_SCORING = {
 }
 SEEDS = [int(s) for s in config["seeds"]]
 SELECTIONS = plan.selections(config)
+RUNS = plan.runs(config)
 
 
 wildcard_constraints:
     task="[A-Za-z0-9-]+",
-    selection="[a-z_]+(\\.r[0-9.e-]+)?",
+    selection="[a-z_]+(-s[0-9]+)?(\\.r[0-9.e-]+)?",
     seed="[0-9]+",
     shard="[0-9]+",
-    split="candidates|targets|candidates_adam",
+    split="candidates|targets|candidates_adam|candidates_output|targets_output",
     chunk="[0-9]+",
     member="[0-9]+",
+    wfd="wfd|wfd_concat",
 
 
 def pool_of(name):
@@ -141,17 +143,33 @@ def lds_member_files(wildcards):
 
 
 def feature_files(wildcards):
-    """Raw and whitened feature files a selection reads (candidates from the pool)."""
+    """Raw and whitened feature files a selection reads (candidates from the pool; the
+    tarot_concat ablation reads the WFD features of concatenated checkpoint blocks; DsDm,
+    for a task with model outputs, its margin gradients and the proxy)."""
     base = f"{RESULTS}/{wildcards.task}/features"
     pool = pool_path(wildcards, "features")
-    return {
+    method = parse_selection(wildcards.selection)[0]
+    wfd = "wfd_concat" if method == "tarot_concat" else "wfd"
+    files = {
         "candidates": f"{pool}/candidates.npy",
         "targets": f"{base}/targets.npy",
         "candidates_adam": f"{pool}/candidates_adam.npy",
-        "wfd_candidates": f"{base}/wfd_candidates.npy",
-        "wfd_targets": f"{base}/wfd_targets.npy",
-        "wfd_neighbors": f"{base}/wfd_neighbors.npz",
+        "wfd_candidates": f"{base}/{wfd}_candidates.npy",
+        "wfd_targets": f"{base}/{wfd}_targets.npy",
+        "wfd_neighbors": f"{base}/{wfd}_neighbors.npz",
     }
+    if method == "dsdm" and plan.has_model_outputs(config, pool_of(wildcards.task)):
+        files |= {
+            "candidates_output": f"{pool}/candidates_output.npy",
+            "targets_output": f"{base}/targets_output.npy",
+            "proxy": proxy_dir(wildcards),
+        }
+    return files
+
+
+def whiten_combine(wildcards):
+    """How the whitening job combines checkpoint blocks (sum, lr_sum or concat)."""
+    return "concat" if wildcards.wfd == "wfd_concat" else config["features"]["combine"]
 
 
 def feature_shards(wildcards):
@@ -168,7 +186,11 @@ def pool_candidates(wildcards):
 
 
 def whitening_stats(wildcards):
-    """Per-shard whitening sums of the pool's candidates and the unit's targets."""
+    """Per-shard whitening sums of the pool's candidates and the unit's targets (combined as
+    features.combine says; the concat ablation fits on the gathered features instead).
+    """
+    if whiten_combine(wildcards) != config["features"]["combine"]:
+        return []
     shards = range(config["features"]["shards"])
     return expand(
         pool_path(wildcards, "features/shards/candidates.{shard}.stats.npz"),
@@ -180,18 +202,26 @@ def whitening_stats(wildcards):
 
 
 def run_records(wildcards):
-    """Evaluation records of every (selection, seed) of a task."""
-    return expand(
-        f"{RESULTS}/{wildcards.task}/metrics/{{selection}}/seed{{seed}}.json",
-        selection=SELECTIONS,
-        seed=SEEDS,
-    )
+    """Evaluation records of every (selection, seed) of a task (a per-seed draw: its seed only)."""
+    return [
+        f"{RESULTS}/{wildcards.task}/metrics/{sel}/seed{seed}.json"
+        for sel, seed in RUNS
+    ]
+
+
+def repeat_factor(wildcards):
+    """Uniform repetition of the selection's samples in its downstream training."""
+    return plan.repeat_factor(config, wildcards.selection)
 
 
 def tsne_selection_files(wildcards):
     """Selections shown in the t-SNE figure: every method at report.tsne_ratio, and OTM."""
     ratio = config["report"]["tsne_ratio"]
-    names = [selection_name(m, ratio) for m in config["methods"]]
+    draw = SEEDS[0]
+    names = [
+        selection_name(m, ratio, draw if m in plan.PER_SEED_METHODS else None)
+        for m in config["methods"]
+    ]
     if config["otm"]["enabled"]:
         names.append("otm")
     return [f"{RESULTS}/{wildcards.task}/selections/{n}.csv" for n in names]

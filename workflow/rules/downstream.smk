@@ -17,6 +17,7 @@ rule train_downstream:
         gpu=res("train_downstream", "gpu"),
     params:
         job=job_params("downstream"),
+        repeat=repeat_factor,
     script:
         "../scripts/train_downstream.py"
 

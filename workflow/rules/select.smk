@@ -16,7 +16,7 @@ rule select:
         mem_mb=res("select", "mem_mb"),
         runtime=res("select", "runtime"),
     params:
-        job=job_params("data"),
+        job=job_params("proxy"),
         settings={
             "seed": config["seed"],
             "repeat": config["weighting"]["repeat"],

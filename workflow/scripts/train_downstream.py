@@ -9,4 +9,5 @@ with stages.stage(snakemake.log[0], snakemake.threads):
         snakemake.input.selection,
         int(snakemake.wildcards.seed),
         snakemake.output.model,
+        repeat=snakemake.params.repeat,
     )

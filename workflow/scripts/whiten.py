@@ -15,4 +15,5 @@ with stages.stage(snakemake.log[0], snakemake.threads):
         stats=list(snakemake.input.stats),
         out_neighbors=snakemake.output.neighbors,
         neighbors_k=w["neighbors"],
+        combine=snakemake.params.combine,
     )

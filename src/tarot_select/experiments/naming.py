@@ -9,10 +9,12 @@ from __future__ import annotations
 
 __all__ = [
     "FEATURE_KEYS",
+    "OUTPUT_KEYS",
     "REFERENCES",
     "parse_selection",
     "ratio_label",
     "ratio_token",
+    "selection_draw",
     "selection_name",
 ]
 
@@ -26,6 +28,9 @@ FEATURE_KEYS: tuple[str, ...] = (
     "wfd_neighbors",
 )
 
+#: Features DsDm reads when the task has model outputs (TRAK's margin gradients).
+OUTPUT_KEYS: tuple[str, ...] = ("candidates_output", "targets_output")
+
 #: Reference "selections" that are not chosen by a method.
 REFERENCES: tuple[str, ...] = ("full", "target_only")
 
@@ -35,17 +40,26 @@ def ratio_token(ratio: float) -> str:
     return f"{float(ratio):g}"
 
 
-def selection_name(method: str, ratio: float | None = None) -> str:
-    """File stem of a selection: ``tarot.r0.05``, ``otm``, ``full``, ``target_only``."""
-    return method if ratio is None else f"{method}.r{ratio_token(ratio)}"
+def selection_name(method: str, ratio: float | None = None, draw: int | None = None) -> str:
+    """File stem of a selection: ``tarot.r0.05``, ``otm``, ``full``, ``target_only``; a random
+    selection drawn for downstream seed ``draw`` is ``random-s<draw>.r0.05``."""
+    stem = method if draw is None else f"{method}-s{int(draw)}"
+    return stem if ratio is None else f"{stem}.r{ratio_token(ratio)}"
 
 
 def parse_selection(name: str) -> tuple[str, float | None]:
-    """Inverse of :func:`selection_name`."""
+    """``(method, ratio)`` of a selection name (inverse of :func:`selection_name` but for the draw)."""
+    stem, ratio = name, None
     if ".r" in name:
-        method, _, ratio = name.partition(".r")
-        return method, float(ratio)
-    return name, None
+        stem, _, token = name.partition(".r")
+        ratio = float(token)
+    return stem.split("-s")[0], ratio
+
+
+def selection_draw(name: str) -> int | None:
+    """The downstream seed a selection was drawn for (``random-s2.r0.1`` -> 2), or None."""
+    stem = name.partition(".r")[0]
+    return int(stem.split("-s")[1]) if "-s" in stem else None
 
 
 def ratio_label(method: str, ratio: float | None) -> str:

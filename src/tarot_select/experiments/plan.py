@@ -30,12 +30,16 @@ from typing import Any
 from ..errors import TarotInputError
 from ..tasks.registry import get_spec
 from ..tasks.settings import TaskSettings
-from .naming import selection_name
+from .naming import parse_selection, selection_draw, selection_name
 
 __all__ = [
+    "PER_SEED_METHODS",
     "RESOURCE_DEFAULTS",
     "Unit",
+    "has_model_outputs",
+    "repeat_factor",
     "resource",
+    "runs",
     "selections",
     "stage_params",
     "task_blocks",
@@ -43,6 +47,9 @@ __all__ = [
     "task_settings",
     "units",
 ]
+
+#: Methods drawn once per downstream seed (their subset is part of the run's randomness).
+PER_SEED_METHODS: frozenset[str] = frozenset({"random"})
 
 #: Resources of a rule that neither the task block nor the config's table sets.
 RESOURCE_DEFAULTS: dict[str, int] = {"mem_mb": 2000, "runtime": 30, "threads": 1, "gpu": 0}
@@ -105,14 +112,47 @@ def units(config: Mapping[str, Any]) -> dict[str, Unit]:
 
 
 def selections(config: Mapping[str, Any]) -> list[str]:
-    """File stems of every selection the config asks for (:func:`~.naming.selection_name`)."""
-    ratios = config["ratios"]
-    names = [selection_name(m, r) for m in config["methods"] for r in ratios]
+    """File stems of every selection the config asks for (:func:`~.naming.selection_name`).
+
+    ``random`` is drawn once per downstream seed (``random-s<seed>.r<ratio>``), so the
+    spread of its table cell includes the variance of the subset, not only of training.
+    """
+    seeds = [int(s) for s in config["seeds"]]
+    names = []
+    for method in config["methods"]:
+        for ratio in config["ratios"]:
+            draws = seeds if method in PER_SEED_METHODS else [None]
+            names += [selection_name(method, ratio, draw) for draw in draws]
     if config["weighting"]["enabled"]:
-        names += [selection_name("tarot_weighted", r) for r in ratios]
+        names += [selection_name("tarot_weighted", r) for r in config["ratios"]]
     if config["otm"]["enabled"]:
         names.append("otm")
     return names + list(config["references"])
+
+
+def runs(config: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """Every (selection, downstream seed) the tables average over: each selection with every
+    seed, but a per-seed draw only with its own seed."""
+    seeds = [int(s) for s in config["seeds"]]
+    out = []
+    for name in selections(config):
+        draw = selection_draw(name)
+        out += [(name, seed) for seed in seeds if draw is None or seed == draw]
+    return out
+
+
+def repeat_factor(config: Mapping[str, Any], selection: str) -> float:
+    """Uniform repetition of a selection's samples in downstream training.
+
+    With ``weighting.enabled``, ``tarot_weighted`` trains on OT-potential repeat counts that
+    sum to R × |S|; every other selection at a ratio then repeats each sample R times
+    (``weighting.repeat``), so that all methods at a ratio take the same number of steps
+    (the paper's "uniform repetition to match the same size"). OTM and the references: 1.
+    """
+    method, ratio = parse_selection(selection)
+    if not config["weighting"]["enabled"] or ratio is None or method == "tarot_weighted":
+        return 1.0
+    return float(config["weighting"]["repeat"])
 
 
 def stage_params(config: Mapping[str, Any], task: str, stage: str) -> dict[str, Any]:
@@ -123,6 +163,11 @@ def stage_params(config: Mapping[str, Any], task: str, stage: str) -> dict[str, 
     """
     settings = task_settings(config, task, check=False)
     return {"task": {"kind": settings.kind, **settings.for_stage(stage)}, "seed": int(config.get("seed", 0))}
+
+
+def has_model_outputs(config: Mapping[str, Any], task: str) -> bool:
+    """Whether task ``task`` has model outputs (then DsDm scores TRAK datamodels of its margin)."""
+    return get_spec(task_settings(config, task, check=False).kind).model_outputs
 
 
 def task_device(config: Mapping[str, Any], task: str) -> str:

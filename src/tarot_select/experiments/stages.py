@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 
 from ..api import select
 from ..errors import TarotInputError
-from ..featurize import Checkpoint, GradientFeaturizer
+from ..featurize import Checkpoint, GradientFeaturizer, combine_checkpoints
 from ..gradients import AdamPreconditioner, select_parameters
 from ..io import (
+    FeatureSet,
     atomic_path,
     load_features,
     open_feature_writer,
@@ -39,9 +40,10 @@ from ..io import (
 )
 from ..knn import Neighbors, TopK
 from ..result import Selection, read_selection
-from ..tasks import RunContext, Task, TaskData, get_task
+from ..tasks import RunContext, Task, TaskData, get_task, require_model_outputs
+from ..weight import uniform_counts
 from ..whiten import DEFAULT_BLOCK_ROWS, Whitener, WhiteningStats
-from .naming import FEATURE_KEYS, REFERENCES, parse_selection, ratio_label
+from .naming import FEATURE_KEYS, OUTPUT_KEYS, REFERENCES, parse_selection, ratio_label, selection_draw
 
 __all__ = [
     "job_task",
@@ -53,6 +55,8 @@ __all__ = [
     "whiten_features",
     "make_selection",
     "make_featurizer",
+    "composition",
+    "proxy_train_weights",
     "load_data",
     "select_for_job",
     "train_downstream",
@@ -173,13 +177,17 @@ def dump_gradients(
     shard: int = 0,
     n_shards: int = 1,
     stats_path: str | os.PathLike[str] | None = None,
+    output: bool = False,
 ) -> None:
     """Projected per-sample gradient features of one shard of a split at every proxy checkpoint.
 
     Shard ``shard`` of ``n_shards`` holds the contiguous rows :func:`shard_rows` gives, so
     shards gathered in order equal the unsharded file. ``adam=True`` preconditions with
-    each checkpoint's Adam state (LESS training features). ``stats_path`` receives the
-    shard's whitening sums (:class:`~tarot_select.whiten.WhiteningStats`), so whitening
+    each checkpoint's Adam state (LESS training features); ``output=True`` differentiates
+    the task's model output (the margin; TRAK / DsDm features) instead of its loss.
+    ``stats_path`` receives the
+    whitening sums of the shard's rows combined as ``features.combine`` says
+    (:func:`~tarot_select.featurize.combine_checkpoints`) (:class:`~tarot_select.whiten.WhiteningStats`), so whitening
     never needs every feature in one job.
     """
     data = load_data(task, data_dir)
@@ -198,7 +206,8 @@ def dump_gradients(
                 raise TarotInputError(f"{entry['file']}: no optimizer state for the Adam-preconditioned features")
             pre = AdamPreconditioner.from_optimizer_state(optimizer_state, model, param_names)
         ckpts.append(Checkpoint(state_dict=state, weight=float(entry["lr"]), name=entry["file"], preconditioner=pre))
-    featurizer = make_featurizer(model, task.loss_fn, features, device=task.context.device)
+    loss = require_model_outputs(task).output_fn if output else task.loss_fn
+    featurizer = make_featurizer(model, loss, features, device=task.context.device)
     batch_size = int(features.get("batch_size", 64))
     featurizer.featurize_to_file(
         out_path,
@@ -210,17 +219,34 @@ def dump_gradients(
             "task": task.name,
             "split": split,
             "adam_preconditioned": bool(adam),
+            "gradient_of": "model output" if output else "loss",
             "shard": {"index": shard, "count": n_shards, "rows": [lo, hi]},
         },
         progress=False,
     )
     log.info("wrote %s rows %d..%d (shard %d/%d) to %s", split, lo, hi, shard + 1, n_shards, out_path)
     if stats_path is not None:
-        arr = load_features(out_path).array
+        written = load_features(out_path)
+        arr = combine_checkpoints(
+            written.array, written.checkpoint_dims, written.checkpoint_weights, features.get("combine", "sum")
+        )
         stats = WhiteningStats(arr.shape[1]).update(arr)
         with atomic_path(stats_path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, n=stats.n, sum=stats.sum, outer=stats.outer)
+
+
+def proxy_train_weights(task: Task, data: TaskData, proxy_dir: str | os.PathLike[str]) -> np.ndarray:
+    """TRAK's :math:`q_i = 1 - p_{y_i}` of every candidate under every proxy checkpoint,
+    shape ``(n_candidates, n_checkpoints)`` (the :math:`Q` of DsDm's TRAK scores)."""
+    outputs = require_model_outputs(task)
+    manifest = json.loads((Path(proxy_dir) / "checkpoints.json").read_text())
+    columns = []
+    for entry in manifest["checkpoints"]:
+        model = task.proxy_model()
+        state, _ = task.load_checkpoint(model, Path(proxy_dir) / entry["file"])
+        columns.append(outputs.train_weights(data, state, "candidates", model=model))
+    return np.stack(columns, axis=1)
 
 
 def make_featurizer(
@@ -297,37 +323,49 @@ def whiten_features(
     stats: list[str] | None = None,
     out_neighbors: str | os.PathLike[str] | None = None,
     neighbors_k: int = 16,
+    combine: str = "sum",
 ) -> None:
     """Fit the whitening on candidates ∪ targets and write both WFD feature files.
 
-    With ``stats`` (the per-shard sums of candidates and targets), the fit merges them
-    instead of reading the features. The transform streams row blocks to disk. With
-    ``out_neighbors``, the same pass also finds the ``neighbors_k`` nearest WFD
+    The checkpoint blocks of every row are first merged as ``combine`` says
+    (:func:`~tarot_select.featurize.combine_checkpoints`: ``sum`` is the paper's Eq. 4).
+    With ``stats`` (the per-shard sums of the combined candidates and targets), the fit
+    merges them instead of reading the features. The transform streams row blocks to
+    disk. With ``out_neighbors``, the same pass also finds the ``neighbors_k`` nearest WFD
     candidates of every target (:class:`~tarot_select.knn.TopK` on each whitened block)
     and saves them, so that selections need not search the pool again.
     """
     cand, targ = load_features(candidates), load_features(targets)
+
+    def combined(feats: FeatureSet, rows: slice = slice(None)) -> np.ndarray:
+        return combine_checkpoints(feats.array[rows], feats.checkpoint_dims, feats.checkpoint_weights, combine)
+
     w = Whitener(method, normalize=normalize, eps=eps)
+    targ_c = combined(targ)
+    dim = targ_c.shape[1]
     if stats:
-        merged = WhiteningStats(cand.array.shape[1])
+        merged = WhiteningStats(dim)
         for path in stats:
             merged.merge(WhiteningStats.load(path))
         expected = cand.array.shape[0] + targ.array.shape[0]
-        if merged.n != expected:
-            raise TarotInputError(f"whitening statistics cover {merged.n} rows, the features {expected}")
+        if merged.n != expected or merged.dim != dim:
+            raise TarotInputError(
+                f"whitening statistics cover {merged.n} rows of {merged.dim} columns, the features {expected} "
+                f"rows of {dim} (combine: {combine}); rerun dump_gradients"
+            )
         w.fit_stats(merged)
     else:
-        w.fit(cand.array, targ.array)
-    targ_w = w.transform(targ.array)
-    meta = {"source": str(targets), "whitening": w.metadata(), "made_from": targ.meta}
+        w.fit(combined(cand), targ_c)
+    targ_w = w.transform(targ_c)
+    meta = {"source": str(targets), "whitening": w.metadata(), "combine": combine, "made_from": targ.meta}
     with open_row_writer(out_targets, targ_w.shape, dtype=w.compute_dtype, meta=meta) as out:
         out.write(targ_w)
     n = cand.array.shape[0]
     top = TopK(targ_w, min(int(neighbors_k), n)) if out_neighbors is not None else None
-    meta = {"source": str(candidates), "whitening": w.metadata(), "made_from": cand.meta}
-    with open_row_writer(out_candidates, cand.array.shape, dtype=w.compute_dtype, meta=meta) as out:
+    meta = {"source": str(candidates), "whitening": w.metadata(), "combine": combine, "made_from": cand.meta}
+    with open_row_writer(out_candidates, (n, dim), dtype=w.compute_dtype, meta=meta) as out:
         for start in tqdm(range(0, n, DEFAULT_BLOCK_ROWS), desc="whiten", unit="block", disable=n < 100_000):
-            z = w.transform(cand.array[start : start + DEFAULT_BLOCK_ROWS])
+            z = w.transform(combined(cand, slice(start, start + DEFAULT_BLOCK_ROWS)))
             release_rows(cand.array, start, start + DEFAULT_BLOCK_ROWS)
             out.write(z)
             if top is not None:
@@ -340,6 +378,25 @@ def whiten_features(
         )
 
 
+#: Selection methods of the workflow that run a library method on other inputs.
+VARIANTS: dict[str, str] = {
+    "tarot_weighted": "tarot",  # TAROT, then OT-potential repeat counts
+    "tarot_concat": "tarot",  # TAROT on WFD features of concatenated checkpoint blocks (ablation)
+}
+
+
+def composition(indices: np.ndarray, groups: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """What a selection is made of: per kind of group (``source``, ``class``), the count of
+    each group among the selected candidates and the number of groups in the pool."""
+    if not groups:
+        return {}
+    counts = {}
+    for kind, labels in groups.items():
+        values, n = np.unique(np.asarray(labels)[indices], return_counts=True)
+        counts[kind] = {str(v): int(c) for v, c in zip(values, n)}
+    return {"composition": counts, "group_totals": {k: int(len(np.unique(v))) for k, v in groups.items()}}
+
+
 def make_selection(
     method: str,
     ratio: float | None,
@@ -347,18 +404,22 @@ def make_selection(
     out_csv: str | os.PathLike[str],
     settings: Mapping[str, Any],
     target_groups: np.ndarray | None = None,
+    candidate_groups: Mapping[str, np.ndarray] | None = None,
+    train_weights: np.ndarray | None = None,
 ) -> Selection:
     """Run one selection and write ``index,weight`` CSV + sidecar.
 
     ``features`` maps ``candidates``, ``targets``, ``candidates_adam``, ``wfd_candidates``,
     ``wfd_targets`` and optionally ``wfd_neighbors`` (the whitening stage's neighbour
     lists, used by ``tarot``/``otm``) to files. ``method`` may also be ``full`` / ``target_only`` (all
-    candidates / all targets) or ``tarot_weighted`` (TAROT + OT-potential weights).
+    candidates / all targets), ``tarot_weighted`` (TAROT + OT-potential weights) or
+    ``tarot_concat`` (TAROT; its ``wfd_*`` files whiten concatenated checkpoint blocks).
     """
     cand = load_features(features["candidates"])
     targ = load_features(features["targets"])
     n = cand.array.shape[0]
     meta: dict[str, Any] = {"split": "candidates", "ratio_label": ratio_label(method, ratio), "requested_ratio": ratio}
+    groups = candidate_groups or {}
     if method in REFERENCES:
         if method == "full":
             sel = Selection(indices=np.arange(n, dtype=np.int64), method="full", n_candidates=n, budget=n)
@@ -366,17 +427,25 @@ def make_selection(
             m = targ.array.shape[0]
             sel = Selection(indices=np.arange(m, dtype=np.int64), method="target_only", n_candidates=n, budget=m)
             meta["split"] = "targets"
-        sel.to_csv(out_csv, extra_meta=meta)
+            groups = {}
+        sel.to_csv(out_csv, extra_meta={**meta, **composition(sel.indices, groups)})
         return sel
     wfd = (load_features(features["wfd_candidates"]).array, load_features(features["wfd_targets"]).array)
-    base = "tarot" if method == "tarot_weighted" else method
+    base = VARIANTS.get(method, method)
     nb_path = features.get("wfd_neighbors")
     neighbors = Neighbors.load(nb_path) if nb_path and base in ("tarot", "otm") else None
-    raw_cand = load_features(features["candidates_adam"]) if base == "less" else cand
+    raw_cand, raw_targ = cand, targ
+    if base == "less":
+        raw_cand = load_features(features["candidates_adam"])
+    elif base == "dsdm" and "candidates_output" in features:  # TRAK datamodels: margin gradients, Q
+        raw_cand, raw_targ = load_features(features["candidates_output"]), load_features(features["targets_output"])
+        meta["dsdm_features"] = "model-output (margin) gradients, Q = diag(1 - p_y)"
+    elif base == "dsdm":
+        meta["dsdm_features"] = "loss gradients, Q = I (the task has no model outputs)"
     sel = select(
         base,
         raw_cand.array,
-        targ.array,
+        raw_targ.array,
         ratio=ratio if base != "otm" else None,
         seed=int(settings.get("seed", 0)),
         weighting="potential" if method == "tarot_weighted" else None,
@@ -388,11 +457,12 @@ def make_selection(
         target_groups=target_groups if base == "less" else None,
         checkpoint_dims=raw_cand.checkpoint_dims,
         checkpoint_weights=raw_cand.checkpoint_weights,
+        train_weights=train_weights if base == "dsdm" else None,
         wfd_features=wfd,
         neighbors=neighbors,
     )
     sel = sel.with_updates(method=method)
-    sel.to_csv(out_csv, extra_meta=meta)
+    sel.to_csv(out_csv, extra_meta={**meta, **composition(sel.indices, groups)})
     return sel
 
 
@@ -404,12 +474,33 @@ def select_for_job(
     settings: Mapping[str, Any],
 ) -> Selection:
     """The select rule's job: selection ``selection`` (a file stem, :func:`~.naming.selection_name`)
-    from the feature ``files`` (keys :data:`~.naming.FEATURE_KEYS`); LESS also gets the
-    target subtask labels of the task's data (``files["data"]``)."""
+    from the feature ``files`` (keys :data:`~.naming.FEATURE_KEYS`, and ``data``). LESS also
+    gets the target subtask labels of the task's data; DsDm, given :data:`~.naming.OUTPUT_KEYS`
+    and ``proxy``, scores TRAK datamodels (margin gradients, :func:`proxy_train_weights`).
+    The sidecar records the selection's source / class composition."""
     method, ratio = parse_selection(selection)
-    groups = load_data(task, files["data"]).target_groups if method == "less" else None
-    features = {key: files[key] for key in FEATURE_KEYS}
-    return make_selection(method, ratio, features, out_csv, settings, target_groups=groups)
+    draw = selection_draw(selection)
+    if draw is not None:  # one subset per downstream seed, each from its own stream
+        seed = int(np.random.SeedSequence([int(settings.get("seed", 0)), draw]).generate_state(1)[0])
+        settings = {**settings, "seed": seed}
+    data = load_data(task, files["data"])
+    groups = data.target_groups if method == "less" else None
+    features = {key: files[key] for key in (*FEATURE_KEYS, *OUTPUT_KEYS) if key in files.keys()}
+    q = (
+        proxy_train_weights(task, data, files["proxy"])
+        if method == "dsdm" and "candidates_output" in features
+        else None
+    )
+    return make_selection(
+        method,
+        ratio,
+        features,
+        out_csv,
+        settings,
+        target_groups=groups,
+        candidate_groups=task.candidate_groups(data),
+        train_weights=q,
+    )
 
 
 def train_downstream(
@@ -418,18 +509,35 @@ def train_downstream(
     selection_csv: str | os.PathLike[str],
     seed: int,
     out_model: str | os.PathLike[str],
+    repeat: float = 1.0,
 ) -> None:
-    """Train the downstream model from scratch on a selection and save its state."""
+    """Train the downstream model from scratch on a selection and save its state.
+
+    An unweighted selection trains with every sample repeated ``repeat`` times
+    (:func:`~tarot_select.weight.uniform_counts`; see :func:`~.plan.repeat_factor`), a
+    weighted one on its own counts; the model file records the samples seen per epoch.
+    """
     data = load_data(task, data_dir)
     indices, weights, meta = read_selection(selection_csv)
     weights = weights if meta.get("weighting") else None
+    if weights is None and float(repeat) != 1.0:
+        weights = uniform_counts(len(indices), float(repeat))
     if meta["split"] == "candidates":
         indices, weights = task.training_examples(indices, weights)
+    per_epoch = int(weights.sum()) if weights is not None and np.issubdtype(weights.dtype, np.integer) else len(indices)
     t0 = time.perf_counter()
     state = task.train_downstream(data, meta["split"], indices, weights, seed=int(seed))
     with atomic_path(out_model) as tmp:
-        torch.save({"state": state, "selection": str(selection_csv), "seed": int(seed)}, tmp)
-    log.info("trained downstream on %d samples (seed %d) in %.1f s", len(indices), seed, time.perf_counter() - t0)
+        torch.save(
+            {"state": state, "selection": str(selection_csv), "seed": int(seed), "samples_per_epoch": per_epoch}, tmp
+        )
+    log.info(
+        "trained downstream on %d samples, %d per epoch (seed %d) in %.1f s",
+        len(indices),
+        per_epoch,
+        seed,
+        time.perf_counter() - t0,
+    )
 
 
 def evaluate_model(
@@ -457,6 +565,10 @@ def evaluate_model(
         "metric_spec": task.primary_metric.to_dict(),
         "metrics": metrics,
         "size": meta["size"],
+        "samples_per_epoch": blob.get("samples_per_epoch"),
+        "dsdm_features": meta.get("dsdm_features"),
+        "composition": meta.get("composition"),
+        "group_totals": meta.get("group_totals"),
         "ot_distance": meta.get("ot_distance"),
     }
     write_json_atomic(out_json, record)

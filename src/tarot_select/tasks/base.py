@@ -304,6 +304,12 @@ class Task(ABC):
         ``weights``) to indices of the downstream training split. Default: the identity."""
         return indices, weights
 
+    def candidate_groups(self, data: TaskData) -> dict[str, np.ndarray]:
+        """Labels of the candidates by kind of group, shape ``(n_candidates,)`` each, for
+        reporting what a selection is made of. Default: ``{"source": data.sources}``;
+        classifiers add ``"class"``."""
+        return {"source": np.asarray(data.sources)}
+
     def gradient_batches(self, dataset: torch.utils.data.Dataset, batch_size: int = 64) -> Iterable[Any]:
         """Batches of ``dataset`` in index order (no shuffling) for gradient dumping."""
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -357,8 +363,11 @@ class ModelOutputs(Protocol):
         """:meth:`output_fn` of the trained downstream model ``state`` on every example of
         ``split``, shape ``(n_split,)`` float64, in index order (no gradients)."""
 
-    def train_weights(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
-        """TRAK's out-to-loss factor per example of ``split``, shape ``(n_split,)`` float64:
+    def train_weights(
+        self, data: TaskData, state: Mapping[str, Any], split: str, model: nn.Module | None = None
+    ) -> np.ndarray:
+        """TRAK's out-to-loss factor per example of ``split``, shape ``(n_split,)`` float64, of
+        ``state`` in ``model`` (default: a fresh :meth:`downstream_model`):
         :math:`-\\partial L / \\partial f`, i.e. :math:`1 - p_y` for the margin output."""
 
 
@@ -384,16 +393,27 @@ class ClassifierOutputsMixin:
     :math:`1 - p_y = \\sigma(-f)` (with :math:`p = \\operatorname{softmax}(\\ell)`).
     """
 
+    def candidate_groups(self, data: TaskData) -> dict[str, np.ndarray]:
+        """The sources (see :meth:`Task.candidate_groups`) and the class of every candidate."""
+        groups = super().candidate_groups(data)  # type: ignore[misc]
+        if isinstance(data.candidates, torch.utils.data.TensorDataset) and len(data.candidates.tensors) >= 2:
+            labels = data.candidates.tensors[1]
+        else:
+            labels = torch.as_tensor([int(data.candidates[i][1]) for i in range(len(data.candidates))])
+        return {**groups, "class": labels.cpu().numpy()}
+
     def output_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
         """Margin of ``forward(x)`` at label ``y`` for a sample ``(x, y)`` of batch size 1."""
         return margin(forward(sample[0]), sample[1]).sum()
 
-    def _margins(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
-        model = self.downstream_model()  # type: ignore[attr-defined]
+    def _margins(
+        self, data: TaskData, state: Mapping[str, Any], split: str, model: nn.Module | None = None
+    ) -> np.ndarray:
+        model = self.downstream_model() if model is None else model  # type: ignore[attr-defined]
         try:
             model.load_state_dict(dict(state), strict=True)
         except (RuntimeError, KeyError) as exc:
-            raise TarotInputError(f"state does not fit the downstream model: {exc}") from None
+            raise TarotInputError(f"state does not fit the model: {exc}") from None
         device = self.context.torch_device  # type: ignore[attr-defined]
         model.to(device).eval()
         loader = torch.utils.data.DataLoader(data.split(split), batch_size=_OUTPUT_BATCH, shuffle=False)
@@ -405,7 +425,10 @@ class ClassifierOutputsMixin:
         """Margins of the trained downstream model ``state`` on ``split``, shape ``(n_split,)``."""
         return self._margins(data, state, split)
 
-    def train_weights(self, data: TaskData, state: Mapping[str, Any], split: str) -> np.ndarray:
-        """:math:`1 - p_y = \\sigma(-f)` on ``split``, shape ``(n_split,)``, in ``(0, 1)``."""
-        f = self._margins(data, state, split)
+    def train_weights(
+        self, data: TaskData, state: Mapping[str, Any], split: str, model: nn.Module | None = None
+    ) -> np.ndarray:
+        """:math:`1 - p_y = \\sigma(-f)` on ``split``, shape ``(n_split,)``, in ``(0, 1)``, of
+        ``state`` loaded into ``model`` (default: a fresh downstream model; DsDm passes the proxy)."""
+        f = self._margins(data, state, split, model)
         return special.expit(-f)

@@ -89,7 +89,8 @@ def collect_runs(paths: Sequence[PathLike]) -> pd.DataFrame:
     spec = records[0]["metric_spec"]
     frame = pd.DataFrame.from_records([{k: v for k, v in rec.items() if k != "metric_spec"} for rec in records])
     extra = sorted(c for c in frame.columns if c.startswith("metric_") and c != "metric_name")
-    frame = frame[["method", "ratio", "ratio_label", "seed", "metric", "metric_name", *extra, "source"]]
+    provenance = ["samples_per_epoch", "dsdm_features", "composition", "group_totals"]
+    frame = frame[["method", "ratio", "ratio_label", "seed", "metric", "metric_name", *extra, "source", *provenance]]
     frame["seed"] = frame["seed"].astype("int64")
     frame["ratio"] = frame["ratio"].astype("float64")
     frame.attrs[SPEC_ATTR] = dict(spec)
@@ -134,6 +135,13 @@ def _read_run(path: Path) -> dict[str, Any]:
         "source": str(path),
         SPEC_ATTR: spec,
     }
+    steps = data.get("samples_per_epoch")
+    record["samples_per_epoch"] = (
+        float(steps) if isinstance(steps, (int, float)) and not isinstance(steps, bool) else np.nan
+    )
+    record["dsdm_features"] = data.get("dsdm_features") if isinstance(data.get("dsdm_features"), str) else None
+    record["composition"] = data.get("composition") if isinstance(data.get("composition"), dict) else None
+    record["group_totals"] = data.get("group_totals") if isinstance(data.get("group_totals"), dict) else None
     record.update(_extra_metrics(metrics, name))
     return record
 

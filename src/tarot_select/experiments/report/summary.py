@@ -33,6 +33,7 @@ METHOD_ORDER: tuple[str, ...] = (
     "dsdm",
     "less",
     "tarot",
+    "tarot_concat",
     "tarot_weighted",
     "otm",
 )

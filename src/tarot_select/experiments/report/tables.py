@@ -20,7 +20,7 @@ import pandas as pd
 from ...errors import TarotInputError
 from ...io import atomic_path
 from .runs import SPEC_ATTR, PathLike, _finite_float, collect_runs
-from .summary import DDOF, _summarize, _widen
+from .summary import DDOF, _summarize, _widen, ordered_methods
 
 __all__ = ["format_markdown", "write_tables", "write_task_tables"]
 
@@ -82,8 +82,9 @@ def _markdown(
     spec: Mapping[str, Any],
     otm_ratio: float | None,
     title: str | None,
+    notes: Sequence[str] = (),
 ) -> str:
-    """Render the wide summary as a Markdown document (header, table, footnote)."""
+    """Render the wide summary as a Markdown document (header, table, footnotes)."""
     n_all = [int(wide.at[m, (lab, "n_seeds")]) for m in wide.index for lab in labels]
     n_all = [n for n in n_all if n > 0]
     n_max = max(n_all)
@@ -102,6 +103,8 @@ def _markdown(
         lines.append(f"| {_md_escape(str(method))} | " + " | ".join(cells) + " |")
     if otm_ratio is not None:
         lines += ["", f"OTM selected {otm_ratio * 100:.1f} % of the pool."]
+    for note in notes:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -180,6 +183,7 @@ def write_tables(
     *,
     value_column: str = "metric",
     spec: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Write the summary as a long CSV and a Markdown table, both atomically.
 
@@ -200,6 +204,8 @@ def write_tables(
         Column to aggregate.
     spec : mapping, optional
         Metric spec of ``value_column``; by default ``runs.attrs["metric_spec"]``.
+    notes : sequence of str
+        Footnote paragraphs under the table.
 
     Returns
     -------
@@ -214,7 +220,7 @@ def write_tables(
     """
     otm = _check_otm_ratio(otm_ratio)
     long, labels, _, spec = _summarize(runs, value_column, spec)
-    text = _markdown(_widen(long, labels), labels, spec, otm, title)
+    text = _markdown(_widen(long, labels), labels, spec, otm, title, notes)
     with atomic_path(csv_path) as tmp:
         long.to_csv(tmp, index=False)
     with atomic_path(md_path) as tmp:
@@ -257,7 +263,29 @@ def write_task_tables(
     runs = collect_runs(records)
     otm_ratio = _read_otm_ratio(Path(otm_json)) if otm_json else None
     label = runs.attrs[SPEC_ATTR]["label"]
-    return write_tables(runs, csv_path, md_path, otm_ratio=otm_ratio, title=f"{task}: downstream {label}")
+    notes = [_steps_note(runs)] if "samples_per_epoch" in runs else []
+    if "dsdm_features" in runs and runs["dsdm_features"].notna().any():
+        kinds = sorted(set(runs["dsdm_features"].dropna()))
+        notes.append("dsdm scored TRAK datamodels of " + "; ".join(kinds) + ".")
+    if "composition" in runs:
+        notes += _composition_tables(runs)
+    return write_tables(runs, csv_path, md_path, otm_ratio=otm_ratio, title=f"{task}: downstream {label}", notes=notes)
+
+
+def _steps_note(runs: pd.DataFrame) -> str:
+    """Whether every method at a ratio trained on as many samples per epoch (compute-matched)."""
+    at_ratio = runs[runs["ratio_label"].str.endswith("%") & runs["samples_per_epoch"].notna()]
+    per_label = at_ratio.groupby("ratio_label", sort=False)["samples_per_epoch"].unique()
+    if per_label.empty:
+        return ""
+    if all(len(v) == 1 for v in per_label):
+        counts = ", ".join(f"{lab}: {int(v[0])}" for lab, v in per_label.items())
+        return (
+            f"Compute-matched: at each ratio every method trains on the same number of samples per epoch ({counts}; "
+            "tarot_weighted repeats samples by OT potentials, the others uniformly)."
+        )
+    unequal = ", ".join(f"{lab}: {sorted(int(x) for x in v)}" for lab, v in per_label.items() if len(v) > 1)
+    return f"Not compute-matched: samples per epoch differ between methods at {unequal}."
 
 
 def _read_otm_ratio(path: Path) -> Any:
@@ -267,3 +295,37 @@ def _read_otm_ratio(path: Path) -> Any:
         return data["chosen_ratio"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise TarotInputError(f"{path}: cannot read OTM's chosen_ratio: {exc!r}") from None
+
+
+def _composition_tables(runs: pd.DataFrame) -> list[str]:
+    """Per kind of group (source, class): how many groups each selection covers and the
+    share of its largest group, at each ratio (the selection of the lowest seed)."""
+    rows = runs[runs["composition"].notna() & runs["ratio_label"].str.endswith("%")].sort_values("seed")
+    if rows.empty:
+        return []
+    rows = rows.drop_duplicates(["method", "ratio_label"])
+    labels = list(dict.fromkeys(rows["ratio_label"]))
+    methods = ordered_methods(list(dict.fromkeys(rows["method"])))
+    out = []
+    kinds = sorted({k for comp in rows["composition"] for k in comp})
+    for kind in kinds:
+        lines = [
+            f"Selection composition by {kind}: groups present / in the pool, and the largest group's share.",
+            "",
+            "| method | " + " | ".join(labels) + " |",
+            "|:---|" + "---:|" * len(labels),
+        ]
+        for method in methods:
+            cells = []
+            for label in labels:
+                hit = rows[(rows["method"] == method) & (rows["ratio_label"] == label)]
+                if hit.empty or kind not in hit.iloc[0]["composition"]:
+                    cells.append("–")
+                    continue
+                counts = hit.iloc[0]["composition"][kind]
+                total = (hit.iloc[0]["group_totals"] or {}).get(kind, len(counts))
+                top, size = max(counts, key=counts.get), sum(counts.values())
+                cells.append(f"{len(counts)}/{total}, top {_md_escape(top)}: {100 * counts[top] / size:.0f} %")
+            lines.append(f"| {_md_escape(method)} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return out
