@@ -192,10 +192,13 @@ def select(
     dist = None
     if evaluate:
         t0 = time.perf_counter()
-        dist = ot_distance(take_rows(cand_w, sel.indices), targ_w, method=ot_method, reg=reg).value
+        evaluation = ot_distance(take_rows(cand_w, sel.indices), targ_w, method=ot_method, reg=reg)
+        dist = evaluation.value
         timings["evaluate"] = time.perf_counter() - t0
 
     info = dict(sel.info)
+    if evaluate:
+        info["ot"] = evaluation.summary()  # the solver that measured ot_distance, and its error bound
     info["whitening"] = "precomputed" if wfd_features is not None else (whitener.metadata() if needs_wfd else None)
     info["params"] = {"seed": seed, "ot_method": ot_method, "reg": reg, "repeat": repeat}
     log.info("%s selected %d of %d candidates", method, sel.size, n)

@@ -117,6 +117,10 @@ def potential_counts(
     targets : np.ndarray, shape (m, d)
     repeat : float
         Repetition factor :math:`R \ge 1`; counts sum to ``round(R * s)``.
+    ot_method, reg
+        ``auto``/``sinkhorn``: Sinkhorn potentials at :math:`\varepsilon = \text{reg}\cdot
+        C_{\max}`, unique (the exact duals of uniform masses are degenerate, see
+        :mod:`tarot_select.select`); ``exact``: the network-simplex duals.
 
     Returns
     -------
@@ -127,7 +131,9 @@ def potential_counts(
     if not (np.isfinite(repeat) and repeat >= 1.0):
         raise TarotInputError(f"repetition factor must be >= 1 so every sample keeps a copy, got {repeat!r}")
     s = selected.shape[0]
-    f = ot_distance(selected, targets, method=ot_method, reg=reg).potential_source
+    # unique (entropic) potentials unless the exact duals are asked for (tarot_select.select)
+    method: OTMethod = "exact" if ot_method == "exact" else "sinkhorn"
+    f = ot_distance(selected, targets, method=method, reg=reg).potential_source
     return apportion(f.max() - f, int(round(repeat * s)), minimum=1)
 
 

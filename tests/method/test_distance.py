@@ -4,6 +4,13 @@ import pytest
 from conftest import unit_rows
 
 from tarot_select import TarotInputError, ot_distance, pairwise_wfd
+from tarot_select.distance import (
+    EXACT_AFFORDABLE_SECONDS,
+    MAX_EXACT_ENTRIES,
+    choose_solver,
+    dual_lower_bound,
+    estimated_seconds,
+)
 
 
 def test_wfd_of_unit_vectors_matches_formula(rng):
@@ -49,8 +56,56 @@ def test_sinkhorn_approaches_exact(rng):
 
 def test_auto_switches_on_size(rng):
     x, y = rng.normal(size=(30, 4)), rng.normal(size=(20, 4))
-    assert ot_distance(x, y, max_exact_entries=10_000).method == "exact"
+    res = ot_distance(x, y, max_exact_entries=10_000)
+    assert res.method == "exact" and res.requested == "auto"
     assert ot_distance(x, y, max_exact_entries=100).method == "sinkhorn"
+
+
+def test_auto_is_exact_in_the_middle_range_and_sinkhorn_beyond():
+    # the middle range (900 x 700 ... 5,000 x 5,000) is exact: cheaper than Sinkhorn there
+    # and unbiased; past the memory bound, or when many solves would exceed the time
+    # budget while Sinkhorn is cheaper, Sinkhorn
+    for n, m in [(900, 700), (2000, 1000), (5000, 5000)]:
+        assert choose_solver(n, m) == "exact"
+        assert estimated_seconds(n, m, "exact") <= EXACT_AFFORDABLE_SECONDS
+    assert MAX_EXACT_ENTRIES >= 25_000_000
+    assert choose_solver(MAX_EXACT_ENTRIES // 1000 + 1, 1000) == "sinkhorn"
+    assert choose_solver(100_000, 10_000) == "sinkhorn"
+    assert choose_solver(900, 900, warm_start=True, solves=10) == "exact"
+    assert choose_solver(4500, 4500, warm_start=True, solves=100) == "sinkhorn"
+    # the model grows with the size
+    assert estimated_seconds(2000, 1000, "exact") > estimated_seconds(900, 700, "exact")
+    assert estimated_seconds(900, 700, "sinkhorn", warm_start=True) < estimated_seconds(900, 700, "sinkhorn")
+    with pytest.raises(TarotInputError, match="no cost model"):
+        estimated_seconds(10, 10, "lp")
+
+
+def test_every_distance_reports_its_solver_and_error_bound(rng):
+    x, y = unit_rows(rng.normal(size=(150, 8))), unit_rows(rng.normal(size=(120, 8)) + 0.4)
+    exact = ot_distance(x, y, method="exact")
+    assert exact.bias_bound == 0 and exact.lower_bound == exact.value and exact.n_iter == 0
+    for reg in (0.03, 0.01, 0.003):
+        sk = ot_distance(x, y, method="sinkhorn", reg=reg)
+        assert sk.method == "sinkhorn" and sk.converged and sk.n_iter > 0
+        # certified: W in [lower_bound, value + 2 delta Cmax], |value - W| <= bias_bound
+        assert sk.lower_bound <= exact.value + 1e-12 <= sk.value + 1e-9
+        assert abs(sk.value - exact.value) <= sk.bias_bound
+        # and much tighter than the a-priori entropic gap eps * log(min(n, m))
+        assert sk.bias_bound < 0.5 * sk.reg * np.log(120)
+        summary = sk.summary()
+        assert summary["solver"] == "sinkhorn" and summary["bias_bound"] == sk.bias_bound
+        assert set(summary) >= {"value", "solver", "requested", "reg", "bias_bound", "lower_bound", "converged"}
+
+
+def test_dual_lower_bound_holds_for_any_potentials(rng):
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(30, 3))
+    c = pairwise_wfd(x, y)
+    a, b = np.full(40, 1 / 40), np.full(30, 1 / 30)
+    w = ot.emd2(a, b, c)
+    for _ in range(5):
+        assert dual_lower_bound(c, a, b, rng.normal(size=40)) <= w + 1e-12
+    f = ot_distance(x, y, method="exact").potential_source
+    assert dual_lower_bound(c, a, b, f) == pytest.approx(w, abs=1e-9)  # tight at the optimum
 
 
 def test_identical_clouds_have_zero_distance(rng):
@@ -68,3 +123,5 @@ def test_bad_input(rng):
         ot_distance(x, x, a=-np.ones(4))
     with pytest.raises(TarotInputError, match="unknown OT method"):
         ot_distance(x, x, method="lp")
+    with pytest.raises(TarotInputError, match=r"cost matrix has shape \(3, 4\), expected \(4, 4\)"):
+        ot_distance(x, x, cost=np.ones((3, 4)))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import unit_rows
 
-from tarot_select import TarotInputError, ot_distance, select, select_fixed_size, select_otm
+from tarot_select import TarotInputError, ot_distance, pairwise_wfd, select, select_fixed_size, select_otm
 from tarot_select.knn import nearest_neighbors
 from tarot_select.select import target_folds
 
@@ -24,7 +24,8 @@ def test_fixed_size_first_rounds_are_nearest_neighbours(rng):
     assert sel.info["full_rounds"] >= 1
 
 
-def test_fill_keeps_lowest_potentials_and_beats_the_opposite_ranking():
+@pytest.mark.parametrize("method", ["exact", "sinkhorn"])
+def test_fill_keeps_lowest_potentials_and_beats_the_opposite_ranking(method):
     # A two-mode target over a pool spread on the sphere; the budget is cut in the third
     # round, so the fill step decides half of that round.
     rng = np.random.default_rng(0)
@@ -35,10 +36,11 @@ def test_fill_keeps_lowest_potentials_and_beats_the_opposite_ranking():
     full = np.unique(nn[:, :2])
     new = np.setdiff1d(np.unique(nn[:, 2]), full)
     need = len(new) // 2
-    sel = select_fixed_size(cand, targ, len(full) + need, ot_method="exact")
+    sel = select_fixed_size(cand, targ, len(full) + need, ot_method=method)
     assert sel.info["full_rounds"] == 2 and sel.info["fill"]["kept"] == need
+    assert sel.info["fill"]["solver"] == method and sel.info["fill"]["ot"]["solver"] == method
 
-    f = ot_distance(cand[np.concatenate([full, new])], targ, method="exact").potential_source[len(full) :]
+    f = ot_distance(cand[np.concatenate([full, new])], targ, method=method).potential_source[len(full) :]
     low = new[np.argsort(f, kind="stable")[:need]]
     high = new[np.argsort(-f, kind="stable")[:need]]
     assert sorted(sel.indices.tolist()) == sorted(np.concatenate([full, low]).tolist())
@@ -50,6 +52,60 @@ def test_fill_keeps_lowest_potentials_and_beats_the_opposite_ranking():
     d_random = np.mean([dist(rng.choice(new, need, replace=False)) for _ in range(20)])
     assert d_low < d_random < d_high
     assert d_low == pytest.approx(ot_distance(cand[sel.indices], targ, method="exact").value)
+
+
+def _degenerate_fill_problem(q_first: bool):
+    """Two targets t0 = (0, 0), t1 = (10, 0); candidates s1, s2 next to them (round 0),
+    p = (1, 0) and q = (5, 6) (round 1: the second nearest of t0 and of t1).
+
+    With budget 3 the fill keeps one of p, q. On the union {s1, s2, p, q} (masses 1/4,
+    targets 1/2) the optimal plan sends s1, p to t0 and s2, q to t1: 4 positive entries,
+    one fewer than a basis (n + m - 1 = 5), so the duals are degenerate. Fixing g0 = 0,
+    g1 = γ is free in [0, 8] (f_q + g0 <= |q - t0| and f_p + g1 <= |p - t1|), and
+    f_q - f_p = 6.81 - γ ranges over [-1.19, 6.81]: the exact duals may rank q first. Keeping
+    p costs (0.1 + 0.1) / 3 + (1 + 9) / 6 = 1.733, keeping q (0.2 / 3 + 2 sqrt(61) / 6) 2.670.
+    """
+    pts = {"s1": [0.0, 0.1], "s2": [10.0, 0.1], "p": [1.0, 0.0], "q": [5.0, 6.0]}
+    names = ["s1", "s2", "q", "p"] if q_first else ["s1", "s2", "p", "q"]
+    return names, np.array([pts[k] for k in names]), np.array([[0.0, 0.0], [10.0, 0.0]])
+
+
+def test_entropic_fill_beats_the_degenerate_exact_duals():
+    import ot
+
+    dists = {}
+    for q_first in (True, False):
+        names, cand, targ = _degenerate_fill_problem(q_first)
+        plan = ot.emd(np.full(4, 0.25), np.full(2, 0.5), pairwise_wfd(cand, targ))
+        assert (plan > 1e-12).sum() == 4 < len(cand) + len(targ) - 1  # a degenerate basis
+        ours = select_fixed_size(cand, targ, 3)
+        exact = select_fixed_size(cand, targ, 3, ot_method="exact")
+        assert ours.info["full_rounds"] == 1 and ours.info["fill"]["round_size"] == 2
+        assert sorted(names[i] for i in ours.indices) == ["p", "s1", "s2"]  # whatever the order
+        for key, sel in (("ours", ours), ("exact", exact)):
+            dists.setdefault(key, []).append(ot_distance(cand[sel.indices], targ, method="exact").value)
+    assert dists["ours"] == pytest.approx([1.7333333, 1.7333333], abs=1e-6)
+    # the exact-dual fill never does better, and in some candidate order it keeps q (POT
+    # 0.9 returns f_p = f_q here, so the candidate index decides)
+    assert all(o <= e + 1e-12 for o, e in zip(dists["ours"], dists["exact"], strict=True))
+    assert max(dists["exact"]) > max(dists["ours"]) + 0.5
+
+
+def test_fill_is_invariant_to_the_order_of_candidates_and_targets():
+    # clustered, uniform masses, the first round already overflows at 5 %: the fill
+    # decides the whole selection
+    rng = np.random.default_rng(7)
+    centres = 3 * rng.normal(size=(6, 12))
+    cand = unit_rows(centres[rng.integers(0, 6, 600)] + rng.normal(size=(600, 12)))
+    targ = unit_rows(centres[rng.integers(0, 2, 60)] + rng.normal(size=(60, 12)))
+    perm, tperm = rng.permutation(600), rng.permutation(60)
+    for budget in (30, 60, 90):
+        a = select_fixed_size(cand, targ, budget)
+        b = select_fixed_size(cand[perm], targ[tperm], budget)
+        assert sorted(perm[b.indices].tolist()) == sorted(a.indices.tolist())
+        assert np.array_equal(select_fixed_size(cand, targ, budget).indices, a.indices)  # deterministic
+        assert a.info["fill"]["solver"] == "sinkhorn"
+        assert a.info["fill"]["ot"]["bias_bound"] > 0
 
 
 def test_fixed_size_bad_budget(rng):
