@@ -34,8 +34,18 @@ Every scorer maps training features :math:`X` ``(n, d)`` and target features :ma
 ``trak``                   :math:`\operatorname{diag}(q)\,X(X^\top X+\lambda I)^{-1}Z^\top` (TRAK)
 ``grad_dot``               :math:`X Z^\top` (TracIn at one checkpoint, "Grad-Dot")
 
+Diagnostics (:data:`DIAGNOSTIC_METHODS`): not methods of the paper; they test whether TRAK's
+factor :math:`q_i = 1 - p_{y_i}` (the probability that the model gets training example
+:math:`i` wrong) accounts for the difference between TRAK and WFD:
+
+``trak_no_q``              :math:`X(X^\top X+\lambda I)^{-1}Z^\top`, TRAK without :math:`\operatorname{diag}(q)`
+``wfd_times_q``            :math:`q_i\,\langle \hat w(x_i), \hat w(z_j)\rangle`, the whitened cosine of
+                           ``wfd`` (:math:`= 1 - \tfrac12\lVert \hat w(x_i) - \hat w(z_j)\rVert^2`)
+                           times TRAK's :math:`q_i`
+
 Ensembles over :math:`E` independently trained models average the per-model score
-matrices (:func:`ensemble_scores`).
+matrices (:func:`ensemble_scores`). Two methods are compared on the same targets by
+:func:`lds_difference`, a paired bootstrap of the per-target difference of their LDS.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
+import torch
 from scipy import linalg
 
 from ._validate import check_pair
@@ -57,15 +68,21 @@ from .whiten import Whitener
 
 __all__ = [
     "ATTRIBUTION_METHODS",
+    "DIAGNOSTIC_METHODS",
+    "LDSDifference",
     "LDSResult",
     "attribution_scores",
+    "attribution_scores_many",
+    "default_pairs",
     "ensemble_scores",
     "grad_dot_scores",
     "lds",
+    "lds_difference",
     "spearman_columns",
     "subset_masks",
     "trak_scores",
     "wfd_scores",
+    "whitened_cosine_scores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,7 +95,11 @@ ATTRIBUTION_METHODS: Final[tuple[str, ...]] = (
     "wfd_no_whiten_no_norm",
     "trak",
     "grad_dot",
+    "trak_no_q",
+    "wfd_times_q",
 )
+#: Members of :data:`ATTRIBUTION_METHODS` that are diagnostics, not methods of the paper.
+DIAGNOSTIC_METHODS: Final[tuple[str, ...]] = ("trak_no_q", "wfd_times_q")
 #: ``method -> (whiten, normalize)`` for the WFD family.
 _WFD_VARIANTS: Final[dict[str, tuple[bool, bool]]] = {
     "wfd": (True, True),
@@ -321,17 +342,133 @@ def lds(
         return LDSResult(nan, per_target, nan, nan, nan, float(ci), n_sub, n_target, n_excluded, n_boot)
     values = per_target[valid]
     value = float(values.mean())
-    std = lo = hi = nan
-    if n_boot > 0:
-        rng = np.random.default_rng(_seed(seed))
-        boot = np.empty(n_boot)
-        for start in range(0, n_boot, 256):  # bounded memory for many targets
-            stop = min(start + 256, n_boot)
-            boot[start:stop] = values[rng.integers(0, len(values), size=(stop - start, len(values)))].mean(axis=1)
-        std = float(boot.std(ddof=1)) if n_boot > 1 else 0.0
-        lo, hi = (float(q) for q in np.quantile(boot, [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0]))
+    std, lo, hi = _bootstrap(values, n_boot, _seed(seed), float(ci))
     logger.info("LDS %.4f over %d targets (%d excluded), %d subsets", value, len(values), n_excluded, n_sub)
     return LDSResult(value, per_target, std, lo, hi, float(ci), n_sub, n_target, n_excluded, n_boot)
+
+
+@dataclass(frozen=True)
+class LDSDifference:
+    """Result of :func:`lds_difference`: LDS of method ``a`` minus LDS of method ``b``.
+
+    Attributes
+    ----------
+    value : float
+        :math:`\\bar\\Delta`, mean over the common targets of
+        :math:`\\Delta_j = \\mathrm{LDS}^a_j - \\mathrm{LDS}^b_j` (NaN if there are none).
+    std : float
+        Bootstrap standard error of ``value``.
+    ci_low, ci_high : float
+        Percentile bootstrap interval of ``value`` at level ``ci``.
+    ci : float
+    n_targets : int
+        Targets valid for both methods (the ones that enter ``value``).
+    n_excluded : int
+        Targets excluded for either method.
+    n_bootstrap : int
+    """
+
+    value: float
+    std: float
+    ci_low: float
+    ci_high: float
+    ci: float
+    n_targets: int
+    n_excluded: int
+    n_bootstrap: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True if the interval lies strictly on one side of 0 (False when it is NaN)."""
+        return bool(self.ci_low > 0.0 or self.ci_high < 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "diff": self.value,
+            "std": self.std,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "ci": self.ci,
+            "n_targets": self.n_targets,
+            "n_excluded": self.n_excluded,
+            "n_bootstrap": self.n_bootstrap,
+        }
+
+
+def lds_difference(
+    a: LDSResult | np.ndarray,
+    b: LDSResult | np.ndarray,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> LDSDifference:
+    r"""Paired bootstrap of the difference between two methods' LDS on the same targets.
+
+    With per-target scores :math:`\mathrm{LDS}^a_j`, :math:`\mathrm{LDS}^b_j` (``per_target``
+    of two :func:`lds` results on the same subsets, outputs and targets) and :math:`T` the
+    targets valid for both,
+
+    .. math:: \Delta_j = \mathrm{LDS}^a_j - \mathrm{LDS}^b_j,\qquad
+              \bar\Delta = \frac1{|T|}\sum_{j\in T}\Delta_j .
+
+    Each bootstrap resample draws :math:`|T|` indices of :math:`T` with replacement and
+    uses *the same* indices for both methods, i.e. it resamples :math:`\Delta_j`; the
+    spread therefore leaves out the target-to-target variation the two methods share
+    (a hard target is hard for both), which separate per-method intervals include. The
+    resamples are those of :func:`lds` with the same ``seed`` (same generator, same draw
+    order), so when both methods have the same valid targets every resample of
+    :math:`\bar\Delta` is exactly the difference of the two methods' resampled LDS.
+    :math:`\bar\Delta` equals ``a.value - b.value`` whenever the two exclude the same
+    targets. A method against itself gives exactly 0 with a zero-width interval.
+
+    Parameters
+    ----------
+    a, b : LDSResult or np.ndarray, shape (n_target,)
+        Results of :func:`lds`, or their ``per_target`` arrays (NaN = excluded target).
+    n_bootstrap : int, default 1000
+        0 skips the bootstrap (``std`` and the interval are NaN).
+    seed : int, default 0
+    ci : float, default 0.95
+        Level of the percentile interval, in (0, 1).
+
+    Returns
+    -------
+    LDSDifference
+    """
+    pa = np.asarray(a.per_target if isinstance(a, LDSResult) else a, dtype=np.float64)
+    pb = np.asarray(b.per_target if isinstance(b, LDSResult) else b, dtype=np.float64)
+    if pa.ndim != 1 or pa.shape != pb.shape or pa.size == 0:
+        raise TarotInputError(f"need two per-target arrays of the same length, got shapes {pa.shape} and {pb.shape}")
+    n_boot = _non_negative_int(n_bootstrap, "n_bootstrap")
+    if isinstance(ci, bool) or not isinstance(ci, numbers.Real) or not 0.0 < ci < 1.0:
+        raise TarotInputError(f"ci must be a number in (0, 1), got {ci!r}")
+    common = np.isfinite(pa) & np.isfinite(pb)
+    n_common = int(common.sum())
+    nan = float("nan")
+    if n_common == 0:
+        return LDSDifference(nan, nan, nan, nan, float(ci), 0, pa.size, n_boot)
+    delta = pa[common] - pb[common]
+    std, lo, hi = _bootstrap(delta, n_boot, _seed(seed), float(ci))
+    return LDSDifference(float(delta.mean()), std, lo, hi, float(ci), n_common, pa.size - n_common, n_boot)
+
+
+def default_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """Method pairs ``(a, b)`` whose difference ``LDS(a) - LDS(b)`` the LDS report shows.
+
+    Of those present in ``methods``, in this order: ``("wfd", m)`` for every other method
+    ``m`` (so WFD − TRAK among them), then ``("trak", "trak_no_q")`` (what TRAK's
+    :math:`1 - p_y` adds) and ``("wfd_times_q", "trak")`` (whether WFD with TRAK's factor
+    closes the gap).
+    """
+    present = list(dict.fromkeys(methods))
+    pairs: list[tuple[str, str]] = []
+    if "wfd" in present:
+        pairs += [("wfd", m) for m in present if m != "wfd"]
+    for a, b in (("trak", "trak_no_q"), ("wfd_times_q", "trak")):
+        if a in present and b in present:
+            pairs.append((a, b))
+    return pairs
 
 
 # --------------------------------------------------------------------------- scorers
@@ -379,6 +516,66 @@ def wfd_scores(
     -------
     np.ndarray, shape (n, m), float64
     """
+    x, z = _whitened(train_features, target_features, whiten, normalize, whitening, fit_on, eps)
+    return -pairwise_wfd(x, z)
+
+
+def whitened_cosine_scores(
+    train_features: np.ndarray,
+    target_features: np.ndarray,
+    train_weights: np.ndarray | None = None,
+    *,
+    whitening: str = "zca",
+    fit_on: str = "train",
+    eps: float = 1e-5,
+) -> np.ndarray:
+    r"""Whitened cosine times TRAK's :math:`q`: the diagnostic ``wfd_times_q``.
+
+    .. math:: \tau_{ij} = q_i\,\langle \hat w(x_i), \hat w(z_j)\rangle
+              = q_i\Big(1 - \tfrac12\lVert \hat w(x_i) - \hat w(z_j)\rVert^2\Big),
+              \qquad q_i = 1 - p_{y_i}(x_i),
+
+    with :math:`\hat w` the whitened, unit-normalised features of ``wfd``
+    (:func:`wfd_scores`, same ``whitening``, ``fit_on`` and ``eps``). The cosine is an
+    affine, decreasing function of the squared WFD, so without :math:`q` it ranks the
+    training examples of each target exactly as ``wfd`` does; it is used instead of
+    :math:`-\lVert\cdot\rVert` because the latter is never positive, and multiplying a
+    non-positive score by :math:`q_i \in [0, 1]` would move well-fitted examples
+    (:math:`q_i \approx 0`) *up* to the top score 0 rather than shrink their influence as
+    TRAK's :math:`\operatorname{diag}(q)` does. Not a method of the paper: it tests whether
+    :math:`q` alone explains TRAK's lead over WFD.
+
+    Parameters
+    ----------
+    train_features : np.ndarray, shape (n, d)
+    target_features : np.ndarray, shape (m, d)
+    train_weights : np.ndarray, shape (n,), optional
+        :math:`q`; finite. None means :math:`q = 1` (the plain whitened cosine).
+    whitening, fit_on, eps
+        As in :func:`wfd_scores`.
+
+    Returns
+    -------
+    np.ndarray, shape (n, m), float64
+    """
+    x, z = _whitened(train_features, target_features, True, True, whitening, fit_on, eps)
+    q = _train_weights(train_weights, x.shape[0])
+    scores = x @ z.T
+    if q is not None:
+        scores *= q[:, None]
+    return scores
+
+
+def _whitened(
+    train_features: np.ndarray,
+    target_features: np.ndarray,
+    whiten: bool,
+    normalize: bool,
+    whitening: str,
+    fit_on: str,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and target features through one :class:`Whitener` (float64)."""
     check_pair(train_features, target_features)
     if whitening not in _WHITENINGS:
         raise TarotInputError(f"unknown whitening {whitening!r}; choose one of {', '.join(_WHITENINGS)}")
@@ -389,7 +586,7 @@ def wfd_scores(
         w.fit(train_features)
     else:
         w.fit(train_features, target_features)
-    return -pairwise_wfd(w.transform(train_features), w.transform(target_features))
+    return w.transform(train_features), w.transform(target_features)
 
 
 def trak_scores(
@@ -479,6 +676,9 @@ def attribution_scores(
 ) -> np.ndarray:
     """Attribution matrix of one model by ``method`` (see the module docstring).
 
+    ``trak_no_q`` is :func:`trak_scores` without weights; ``wfd_times_q`` is
+    :func:`whitened_cosine_scores` with them (both diagnostics, :data:`DIAGNOSTIC_METHODS`).
+
     Parameters
     ----------
     method : str
@@ -486,11 +686,13 @@ def attribution_scores(
     train_features : np.ndarray, shape (n, d)
     target_features : np.ndarray, shape (m, d)
     train_weights : np.ndarray, shape (n,), optional
-        TRAK's :math:`q_i = 1 - p_{y_i}`; only ``trak`` uses it, the other methods ignore it.
+        TRAK's :math:`q_i = 1 - p_{y_i}`; only ``trak`` and ``wfd_times_q`` use it (None
+        means :math:`q = 1`), the other methods ignore it.
     whitening, fit_on, eps
-        Passed to :func:`wfd_scores` (``wfd`` and ``wfd_no_norm``).
+        Passed to :func:`wfd_scores` (``wfd`` and ``wfd_no_norm``) and
+        :func:`whitened_cosine_scores` (``wfd_times_q``).
     ridge
-        Passed to :func:`trak_scores`.
+        Passed to :func:`trak_scores` (``trak`` and ``trak_no_q``).
 
     Returns
     -------
@@ -509,9 +711,91 @@ def attribution_scores(
         )
     if method == "trak":
         return trak_scores(train_features, target_features, train_weights, ridge=ridge)
+    if method == "trak_no_q":
+        return trak_scores(train_features, target_features, None, ridge=ridge)
+    if method == "wfd_times_q":
+        return whitened_cosine_scores(
+            train_features, target_features, train_weights, whitening=whitening, fit_on=fit_on, eps=eps
+        )
     if method == "grad_dot":
         return grad_dot_scores(train_features, target_features)
     raise TarotInputError(f"unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}")
+
+
+#: Methods whose features go through the fitted whitening (shared by :func:`attribution_scores_many`).
+_WHITENED: Final[tuple[str, ...]] = ("wfd", "wfd_no_norm", "wfd_times_q")
+
+
+def attribution_scores_many(
+    methods: Sequence[str],
+    train_features: np.ndarray,
+    target_features: np.ndarray,
+    train_weights: np.ndarray | None = None,
+    *,
+    whitening: str = "zca",
+    fit_on: str = "train",
+    eps: float = 1e-5,
+    ridge: float = 1e-4,
+) -> dict[str, np.ndarray]:
+    r"""Attribution matrices of several methods on one model, sharing the expensive steps.
+
+    The same matrices as ``{m: attribution_scores(m, ...) for m in methods}`` (equal up to
+    rounding, in practice bit for bit), but the whitening of ``wfd``, ``wfd_no_norm`` and
+    ``wfd_times_q`` is fitted once (one eigendecomposition or Cholesky factorisation of
+    the :math:`d \times d` covariance instead of one per method), and ``trak`` is
+    :math:`\operatorname{diag}(q)` times ``trak_no_q``'s matrix, solved once.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Members of :data:`ATTRIBUTION_METHODS` (duplicates are computed once).
+    train_features, target_features, train_weights, whitening, fit_on, eps, ridge
+        As in :func:`attribution_scores`.
+
+    Returns
+    -------
+    dict of str to np.ndarray, shape (n, m), float64
+        One entry per distinct method, in the order given; no two entries share memory.
+    """
+    wanted = list(dict.fromkeys(methods))
+    unknown = [m for m in wanted if m not in ATTRIBUTION_METHODS]
+    if unknown:
+        raise TarotInputError(f"unknown attribution method(s) {unknown}; choose from {', '.join(ATTRIBUTION_METHODS)}")
+    out: dict[str, np.ndarray] = {}
+    if any(m in _WHITENED for m in wanted):
+        xw, zw = _whitened(train_features, target_features, True, False, whitening, fit_on, eps)
+        if "wfd_no_norm" in wanted:
+            out["wfd_no_norm"] = -pairwise_wfd(xw, zw)
+        if "wfd" in wanted or "wfd_times_q" in wanted:
+            xn, zn = _unit_rows(xw), _unit_rows(zw)
+            if "wfd" in wanted:
+                out["wfd"] = -pairwise_wfd(xn, zn)
+            if "wfd_times_q" in wanted:
+                q = _train_weights(train_weights, xn.shape[0])
+                cosine = xn @ zn.T
+                if q is not None:
+                    cosine *= q[:, None]
+                out["wfd_times_q"] = cosine
+    if "trak" in wanted or "trak_no_q" in wanted:
+        plain = trak_scores(train_features, target_features, None, ridge=ridge)
+        if "trak" in wanted:
+            q = _train_weights(train_weights, plain.shape[0])
+            out["trak"] = plain.copy() if q is None else plain * q[:, None]
+        if "trak_no_q" in wanted:
+            out["trak_no_q"] = plain
+    for method in wanted:
+        if method not in out:
+            out[method] = attribution_scores(
+                method,
+                train_features,
+                target_features,
+                train_weights,
+                whitening=whitening,
+                fit_on=fit_on,
+                eps=eps,
+                ridge=ridge,
+            )
+    return {m: out[m] for m in wanted}
 
 
 def ensemble_scores(
@@ -559,6 +843,23 @@ def ensemble_scores(
 # --------------------------------------------------------------------------- helpers
 
 
+def _bootstrap(values: np.ndarray, n_boot: int, seed: int, ci: float) -> tuple[float, float, float]:
+    """``(std, ci_low, ci_high)`` of the mean of ``values`` over ``n_boot`` resamples with
+    replacement (NaN for ``n_boot = 0``); fixed draw order, shared by :func:`lds` and
+    :func:`lds_difference`."""
+    nan = float("nan")
+    if n_boot == 0:
+        return nan, nan, nan
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for start in range(0, n_boot, 256):  # bounded memory for many targets
+        stop = min(start + 256, n_boot)
+        boot[start:stop] = values[rng.integers(0, len(values), size=(stop - start, len(values)))].mean(axis=1)
+    std = float(boot.std(ddof=1)) if n_boot > 1 else 0.0
+    lo, hi = (float(q) for q in np.quantile(boot, [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0]))
+    return std, lo, hi
+
+
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise TarotInputError(f"{name} must be a positive integer, got {value!r}")
@@ -575,6 +876,13 @@ def _seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise TarotInputError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm with :meth:`Whitener.transform`'s own operations (float64)."""
+    t = torch.from_numpy(np.array(a, dtype=np.float64))
+    t.div_(torch.linalg.vector_norm(t, dim=1, keepdim=True).clamp_(min=torch.finfo(torch.float64).tiny))
+    return t.numpy()
 
 
 def _train_weights(weights: np.ndarray | None, n: int) -> np.ndarray | None:

@@ -1,6 +1,7 @@
 """LDS workflow stages: user files are checked, chunks gather in order, the evaluation
-ranks a perfect attribution first on a case with a known answer, and the output-gradient
-features of a task equal per-sample margin gradients."""
+ranks a perfect attribution first on a case with a known answer and writes paired
+differences, the report marks the diagnostic rows, and the output-gradient features of a
+task equal per-sample margin gradients."""
 
 from __future__ import annotations
 
@@ -61,22 +62,114 @@ def test_evaluate_ranks_the_true_attribution_first(tmp_path):
     # member 1 carries the same scores in a rotated basis: grad-dot is rotation invariant
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
     members = _members(tmp_path, [x, x @ q], [z, z @ q])
-    records = lds_pipeline.lds_evaluate(
-        mp, op, members, ["grad_dot", "wfd", "trak"], [1, 2], tmp_path / "lds.json", n_bootstrap=20
-    )
+    methods = ["grad_dot", "wfd", "trak", "trak_no_q", "wfd_times_q"]
+    records = lds_pipeline.lds_evaluate(mp, op, members, methods, [1, 2], tmp_path / "lds.json", n_bootstrap=20)
     by = {(r["method"], r["ensemble"]): r["lds"] for r in records}
     assert by["grad_dot", 1] == pytest.approx(1.0) and by["grad_dot", 2] == pytest.approx(1.0)
     assert by["wfd", 1] < 0.99
-    assert len(records) == 6 and json.loads((tmp_path / "lds.json").read_text())["records"] == records
+    saved = json.loads((tmp_path / "lds.json").read_text())
+    assert len(records) == 10 and saved["records"] == records
+    assert {r["method"] for r in records if r["diagnostic"]} == {"trak_no_q", "wfd_times_q"}
+    # paired differences: every method against wfd, trak against trak_no_q, wfd_times_q against trak
+    diffs = {(r["a"], r["b"], r["ensemble"]): r for r in saved["differences"]}
+    assert len(diffs) == 6 * 2
+    for e in (1, 2):
+        r = diffs["wfd", "grad_dot", e]
+        assert r["diff"] == pytest.approx(by["wfd", e] - by["grad_dot", e]) and r["ci_high"] < 0.0
+        # the members' weights are all 1, so TRAK and TRAK w/o q coincide: exactly 0, zero width
+        same = diffs["trak", "trak_no_q", e]
+        assert (same["diff"], same["ci_low"], same["ci_high"], same["std"]) == (0.0, 0.0, 0.0, 0.0)
     with pytest.raises(TarotInputError, match="needs 1..2 members"):
         lds_pipeline.lds_evaluate(mp, op, members, ["wfd"], [3], tmp_path / "x.json")
+    with pytest.raises(TarotInputError, match="two different methods"):
+        lds_pipeline.lds_evaluate(mp, op, members, ["wfd", "trak"], [1], tmp_path / "x.json", pairs=[("wfd", "nope")])
 
     lds_report.write_lds_table(tmp_path / "lds.json", tmp_path / "t.csv", tmp_path / "t.md", "toy")
     md = (tmp_path / "t.md").read_text()
-    assert "| Grad-Dot | **1.000 ± 0.000** | **1.000 ± 0.000** |" in md
-    assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("method,ensemble,lds,std")
+    assert "| Grad-Dot | paper | **1.000 ± 0.000** | **1.000 ± 0.000** |" in md
+    assert "| TRAK w/o (1 − p_y) (diagnostic) | *diagnostic* |" in md
+    assert "| whitened cosine × (1 − p_y) (diagnostic) | *diagnostic* |" in md
+    assert "| TRAK − TRAK w/o q | +0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] |" in md
+    wfd_vs_dot = next(line for line in md.splitlines() if line.startswith("| WFD − Grad-Dot |"))
+    assert wfd_vs_dot.count("†") == 2 and "−" in wfd_vs_dot
+    csv = (tmp_path / "t.csv").read_text().splitlines()
+    assert csv[0].startswith("method,ensemble,lds,std") and csv[0].endswith(",diagnostic")
+    assert [line.split(",")[0] for line in csv[1:]][-4:] == ["trak_no_q", "trak_no_q", "wfd_times_q", "wfd_times_q"]
     lds_report.plot_lds(tmp_path / "lds.json", tmp_path / "t.png", "toy")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_matches_ensemble_scores_with_weights(tmp_path):
+    """lds_evaluate's running sums over members equal ensemble_scores of the first E members."""
+    from tarot_select.lds import ATTRIBUTION_METHODS, ensemble_scores, lds
+
+    rng = np.random.default_rng(3)
+    n, m, d, n_sub = 50, 8, 4, 30
+    masks = subset_masks(n, n_sub, 0.5, seed=2)
+    outputs = rng.normal(size=(n_sub, m)) + masks.astype(float) @ rng.normal(size=(n, m))
+    mp, op = _save(tmp_path / "masks.npy", masks), _save(tmp_path / "outputs.npy", outputs)
+    feats = []
+    paths = []
+    for e in range(3):
+        x, z, w = rng.normal(size=(n, d)), rng.normal(size=(m, d)), rng.uniform(0.05, 0.95, size=n)
+        feats.append((x, z, w))
+        paths.append(tmp_path / f"w{e}.npz")
+        np.savez(paths[-1], train=x, targets=z, weights=w, meta=np.array("{}"))
+    records = lds_pipeline.lds_evaluate(
+        mp, op, paths, list(ATTRIBUTION_METHODS), [1, 3], tmp_path / "lds.json", n_bootstrap=50, seed=4
+    )
+    for r in records:
+        want = lds(ensemble_scores(r["method"], feats[: r["ensemble"]]), masks, outputs, n_bootstrap=50, seed=4)
+        assert r["lds"] == pytest.approx(want.value, abs=1e-12), r["method"]
+        assert r["ci_low"] == pytest.approx(want.ci_low, abs=1e-12)
+
+
+def _record(method, e, value):
+    return {
+        "method": method,
+        "ensemble": e,
+        "lds": value,
+        "std": 0.01,
+        "ci_low": value - 0.02,
+        "ci_high": value + 0.02,
+        "n_targets": 100,
+        "n_excluded": 0,
+        "n_subsets": 50,
+    }
+
+
+def test_report_marks_diagnostics_and_never_bolds_them(tmp_path, monkeypatch):
+    # an lds.json as older versions wrote it: no "diagnostic" field, no differences
+    data = {
+        "records": [
+            _record("trak_no_q", 1, 0.30),  # best of the column, but a diagnostic
+            _record("wfd", 1, 0.20),
+            _record("trak", 1, 0.25),
+            _record("wfd_times_q", 1, 0.28),
+        ]
+    }
+    frame = lds_report.lds_frame(data)
+    assert frame["method"].tolist() == ["wfd", "trak", "trak_no_q", "wfd_times_q"]
+    assert frame["diagnostic"].tolist() == [False, False, True, True]
+    lds_report.write_lds_table(data, tmp_path / "t.csv", tmp_path / "t.md", "toy")
+    md = (tmp_path / "t.md").read_text()
+    assert "| TRAK | paper | **0.250 ± 0.010** |" in md
+    assert "| TRAK w/o (1 − p_y) (diagnostic) | *diagnostic* | 0.300 ± 0.010 |" in md
+    assert "Paired differences" not in md
+    assert lds_report.format_difference(-0.0912, -0.11, -0.071) == "−0.091 [−0.110, −0.071] †"
+    assert lds_report.format_difference(0.01, -0.02, 0.04) == "+0.010 [−0.020, +0.040]"
+
+    # the figure draws the diagnostics dotted, the paper's methods solid or dashed
+    figures = []
+    monkeypatch.setattr(lds_report.plt, "close", figures.append)
+    lds_report.plot_lds(data, tmp_path / "f.png", "toy")
+    styles = {line.get_label(): line.get_linestyle() for line in figures[0].axes[0].get_lines()}
+    assert styles == {
+        "WFD (TAROT)": "-",
+        "TRAK": "-",
+        "TRAK w/o (1 − p_y) (diagnostic)": ":",
+        "whitened cosine × (1 − p_y) (diagnostic)": ":",
+    }
 
 
 def test_a_task_without_model_outputs_is_refused_with_the_missing_methods():

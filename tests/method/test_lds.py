@@ -1,4 +1,5 @@
-"""LDS evaluation: subsets, Spearman, known-answer LDS, TRAK / WFD scorers, the margin output."""
+"""LDS evaluation: subsets, Spearman, known-answer LDS, paired bootstrap differences, TRAK / WFD
+scorers and the diagnostics (TRAK w/o q, whitened cosine × q), the margin output."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ from torch.func import grad, vmap
 from tarot_select import TarotInputError
 from tarot_select.lds import (
     ATTRIBUTION_METHODS,
+    DIAGNOSTIC_METHODS,
+    LDSDifference,
     LDSResult,
     attribution_scores,
+    attribution_scores_many,
+    default_pairs,
     ensemble_scores,
     grad_dot_scores,
     lds,
+    lds_difference,
     spearman_columns,
     subset_masks,
     trak_scores,
     wfd_scores,
+    whitened_cosine_scores,
 )
 from tarot_select.outputs import margin
 
@@ -153,6 +160,79 @@ def test_lds_rejects_bad_input(rng):
     bad[0, 0] = np.nan
     with pytest.raises(TarotInputError, match="NaN"):
         lds(a, masks, bad)
+
+
+# --------------------------------------------------------------------------- paired differences
+
+
+def test_lds_difference_of_a_method_with_itself_is_exactly_zero(rng):
+    a, masks, outputs = _linear_world(rng, noise=2.0)
+    res = lds(a + rng.normal(size=a.shape), masks, outputs, n_bootstrap=300)
+    diff = lds_difference(res, res, n_bootstrap=300, seed=5)
+    assert isinstance(diff, LDSDifference)
+    assert (diff.value, diff.std, diff.ci_low, diff.ci_high) == (0.0, 0.0, 0.0, 0.0)
+    assert diff.n_targets == 50 and diff.n_excluded == 0 and not diff.excludes_zero
+    # per-target arrays work the same way
+    assert lds_difference(res.per_target, res.per_target.copy(), n_bootstrap=50).ci_high == 0.0
+
+
+def test_lds_difference_separates_a_perfect_from_a_random_attribution(rng):
+    a, masks, outputs = _linear_world(rng, noise=0.5)
+    perfect = lds(a, masks, outputs, n_bootstrap=0)
+    random = lds(rng.normal(size=a.shape), masks, outputs, n_bootstrap=0)
+    diff = lds_difference(perfect, random, n_bootstrap=500, seed=2)
+    assert diff.value == pytest.approx(perfect.value - random.value, abs=1e-12)
+    assert 0.0 < diff.ci_low < diff.value < diff.ci_high and diff.excludes_zero
+    flipped = lds_difference(random, perfect, n_bootstrap=500, seed=2)
+    assert flipped.value == -diff.value and flipped.ci_high < 0.0
+    assert set(diff.to_dict()) >= {"diff", "std", "ci_low", "ci_high", "ci", "n_targets", "n_bootstrap"}
+
+
+def test_lds_difference_resamples_the_same_targets_for_both_methods(rng):
+    """With equal valid targets and seeds, every paired resample is the difference of the two
+    methods' own resamples, so the paired std is that of the per-target differences (and
+    smaller than the separate spreads when the methods agree on which targets are hard)."""
+    a, masks, outputs = _linear_world(rng, noise=2.0)
+    first = lds(a + 0.5 * rng.normal(size=a.shape), masks, outputs, n_bootstrap=400, seed=9)
+    second = lds(a + 2.0 * rng.normal(size=a.shape), masks, outputs, n_bootstrap=400, seed=9)
+    diff = lds_difference(first, second, n_bootstrap=400, seed=9)
+    delta = first.per_target - second.per_target
+    assert diff.value == pytest.approx(first.value - second.value, abs=1e-12)
+    assert diff.std == pytest.approx(delta.std(ddof=1) / np.sqrt(len(delta)), rel=0.2)
+    # by hand: the same draws as lds's bootstrap (seed 9, one block of 400 resamples)
+    idx = np.random.default_rng(9).integers(0, 50, size=(400, 50))
+    boot = delta[idx].mean(axis=1)
+    assert diff.std == pytest.approx(boot.std(ddof=1), rel=1e-12)
+    np.testing.assert_allclose([diff.ci_low, diff.ci_high], np.quantile(boot, [0.025, 0.975]), rtol=1e-12)
+    first_boot = first.per_target[idx].mean(axis=1)
+    assert first.std == pytest.approx(first_boot.std(ddof=1), rel=1e-12)
+
+
+def test_lds_difference_uses_targets_valid_for_both(rng):
+    pa = np.array([0.5, np.nan, 0.2, 0.4])
+    pb = np.array([0.1, 0.3, np.nan, 0.0])
+    diff = lds_difference(pa, pb, n_bootstrap=0)
+    assert diff.value == pytest.approx(0.4) and diff.n_targets == 2 and diff.n_excluded == 2
+    assert np.isnan(diff.std) and np.isnan(diff.ci_low)
+    none = lds_difference(np.array([np.nan, 1.0]), np.array([1.0, np.nan]), n_bootstrap=10)
+    assert np.isnan(none.value) and none.n_targets == 0
+    with pytest.raises(TarotInputError, match="same length"):
+        lds_difference(pa, pb[:3])
+    with pytest.raises(TarotInputError, match="ci"):
+        lds_difference(pa, pb, ci=1.0)
+
+
+def test_default_pairs():
+    assert default_pairs(["wfd", "trak", "grad_dot", "trak_no_q", "wfd_times_q"]) == [
+        ("wfd", "trak"),
+        ("wfd", "grad_dot"),
+        ("wfd", "trak_no_q"),
+        ("wfd", "wfd_times_q"),
+        ("trak", "trak_no_q"),
+        ("wfd_times_q", "trak"),
+    ]
+    assert default_pairs(["trak", "grad_dot"]) == []
+    assert default_pairs(["wfd"]) == []
 
 
 # --------------------------------------------------------------------------- margin
@@ -298,3 +378,79 @@ def test_wfd_no_whiten_ignores_row_scale(rng):
     assert not np.allclose(attribution_scores("wfd_no_norm", sx * x, sz * z), attribution_scores("wfd_no_norm", x, z))
     for method in ATTRIBUTION_METHODS:
         assert attribution_scores(method, x, z).shape == (50, 8)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def test_diagnostic_methods_are_registered():
+    assert set(DIAGNOSTIC_METHODS) == {"trak_no_q", "wfd_times_q"}
+    assert set(DIAGNOSTIC_METHODS) <= set(ATTRIBUTION_METHODS)
+    assert ATTRIBUTION_METHODS[-len(DIAGNOSTIC_METHODS) :] == DIAGNOSTIC_METHODS  # listed after the paper's
+
+
+def test_trak_no_q_is_trak_without_the_weights_by_hand(rng):
+    x = rng.normal(size=(12, 3))
+    z = rng.normal(size=(4, 3))
+    q = rng.uniform(0.05, 0.95, size=12)
+    lam = 1e-4 * np.trace(x.T @ x) / 3
+    plain = x @ np.linalg.inv(x.T @ x + lam * np.eye(3)) @ z.T
+    np.testing.assert_allclose(attribution_scores("trak_no_q", x, z, q), plain, rtol=1e-10)
+    np.testing.assert_allclose(attribution_scores("trak_no_q", x, z, None), plain, rtol=1e-10)
+    np.testing.assert_allclose(attribution_scores("trak", x, z, q), q[:, None] * plain, rtol=1e-10)
+
+
+def test_wfd_times_q_is_the_whitened_cosine_times_q_by_hand(rng):
+    x = _correlated(rng, 40, 3)
+    z = _correlated(rng, 5, 3)
+    q = rng.uniform(0.05, 0.95, size=40)
+    # ZCA whitening fitted on the training rows (population covariance, relative ridge eps)
+    mu = x.mean(axis=0)
+    cov = (x - mu).T @ (x - mu) / len(x)
+    cov += 1e-5 * np.trace(cov) / 3 * np.eye(3)
+    evals, evecs = np.linalg.eigh(cov)
+    w = evecs @ np.diag(evals**-0.5) @ evecs.T
+    xw, zw = (x - mu) @ w, (z - mu) @ w
+    xw /= np.linalg.norm(xw, axis=1, keepdims=True)
+    zw /= np.linalg.norm(zw, axis=1, keepdims=True)
+    cosine = xw @ zw.T
+    want = q[:, None] * cosine
+    np.testing.assert_allclose(attribution_scores("wfd_times_q", x, z, q), want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(whitened_cosine_scores(x, z, q), want, rtol=1e-9, atol=1e-12)
+    # the cosine is 1 - d^2 / 2 of the WFD distance d, so without q it ranks as wfd does
+    dist = -wfd_scores(x, z)
+    np.testing.assert_allclose(whitened_cosine_scores(x, z), 1.0 - 0.5 * dist**2, atol=1e-9)
+    np.testing.assert_allclose(whitened_cosine_scores(x, z), cosine, rtol=1e-9, atol=1e-12)
+    # the ensemble averages q-weighted cosines member by member, and q reaches only trak and wfd_times_q
+    feats = [(x, z, q), (x[:, ::-1], z[:, ::-1], 1.0 - q)]
+    np.testing.assert_allclose(
+        ensemble_scores("wfd_times_q", feats), 0.5 * (q[:, None] * cosine + (1.0 - q)[:, None] * cosine), atol=1e-9
+    )
+    with pytest.raises(TarotInputError, match="train_weights"):
+        whitened_cosine_scores(x, z, q[:-1])
+
+
+def test_q_reaches_exactly_trak_and_wfd_times_q(rng):
+    x, z = _correlated(rng, 30, 4), _correlated(rng, 6, 4)
+    q = rng.uniform(0.1, 0.9, size=30)
+    uses_q = {
+        m for m in ATTRIBUTION_METHODS if not np.allclose(attribution_scores(m, x, z, q), attribution_scores(m, x, z))
+    }
+    assert uses_q == {"trak", "wfd_times_q"}
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_attribution_scores_many_equals_one_method_at_a_time(rng, weighted):
+    x, z = _correlated(rng, 80, 5), _correlated(rng, 7, 5)
+    q = rng.uniform(0.1, 0.9, size=80) if weighted else None
+    many = attribution_scores_many(ATTRIBUTION_METHODS, x, z, q, whitening="cholesky", eps=1e-3, ridge=1e-2)
+    assert list(many) == list(ATTRIBUTION_METHODS)
+    for method, scores in many.items():
+        want = attribution_scores(method, x, z, q, whitening="cholesky", eps=1e-3, ridge=1e-2)
+        np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12, err_msg=method)
+    # distinct arrays, even where the values coincide (q = None: trak == trak_no_q)
+    assert len({id(a) for a in many.values()}) == len(many)
+    assert not np.shares_memory(many["trak"], many["trak_no_q"])
+    assert list(attribution_scores_many(["trak", "wfd", "trak"], x, z, q)) == ["trak", "wfd"]
+    with pytest.raises(TarotInputError, match="unknown attribution method"):
+        attribution_scores_many(["wfd", "nope"], x, z)

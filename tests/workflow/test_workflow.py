@@ -181,7 +181,7 @@ def test_tiny_pipeline_tables_and_figures(tiny_run):
         assert meta["method"] == "tarot" and meta["ot_distance"] > 0
     # the LDS benchmark: every method at every ensemble size, a finite correlation
     lds_rows = (results / "tables" / "digits-lds_lds.csv").read_text().splitlines()
-    assert len(lds_rows) == 1 + 6 * 2
+    assert len(lds_rows) == 1 + 8 * 2  # six methods of the paper and two diagnostics, at E = 1 and 2
     for line in lds_rows[1:]:
         value = float(line.split(",")[2])
         assert -1.0 <= value <= 1.0, line

@@ -10,7 +10,8 @@ Each function is one Snakemake job body of ``workflow/rules/lds.smk``; the maths
 ``lds_model_features``  one ensemble member: a model trained on the whole training set (seed
                         :math:`10^4 + e`), projected gradients of its output on train and targets,
                         and TRAK's :math:`1 - p_y` on train
-``lds_evaluate``        LDS of every method at every ensemble size (first :math:`E` members)
+``lds_evaluate``        LDS of every method at every ensemble size (first :math:`E` members), and
+                        paired-bootstrap differences between methods
 
 Seeds: the subset model :math:`s` trains with seed :math:`s`; ensemble member :math:`e`
 with seed :math:`10^4 + e`, so the two families never share an initialisation.
@@ -33,7 +34,15 @@ from tqdm.auto import tqdm
 from ..errors import TarotInputError
 from ..featurize import Checkpoint, GradientFeaturizer
 from ..io import atomic_path, library_versions, write_json_atomic
-from ..lds import ATTRIBUTION_METHODS, ensemble_scores, lds, subset_masks
+from ..lds import (
+    ATTRIBUTION_METHODS,
+    DIAGNOSTIC_METHODS,
+    attribution_scores_many,
+    default_pairs,
+    lds,
+    lds_difference,
+    subset_masks,
+)
 from ..tasks import Task, TaskData, require_model_outputs
 from .stages import load_data, shard_rows
 
@@ -286,30 +295,73 @@ def lds_evaluate(
     eps: float = 1e-5,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    pairs: Sequence[Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """LDS of each method for each ensemble size :math:`E` (the first :math:`E` members).
+    """LDS of each method for each ensemble size :math:`E` (the first :math:`E` members), and
+    paired differences between methods.
 
-    Writes ``out_path`` (JSON): ``{"records": [{method, ensemble, lds, std, ci_low, ci_high,
-    n_targets, n_excluded, n_subsets}, ...], ...}`` and returns the records.
+    ``pairs``: ``(a, b)`` method pairs whose difference ``LDS(a) - LDS(b)`` is bootstrapped
+    over the targets with the same resampled targets for both
+    (:func:`~tarot_select.lds.lds_difference`, seed ``seed``); None:
+    :func:`~tarot_select.lds.default_pairs` of ``methods`` (every method against ``wfd``,
+    TRAK against TRAK without :math:`q`, WFD × q against TRAK).
+
+    Writes ``out_path`` (JSON): ``{"records": [{method, ensemble, diagnostic, lds, std,
+    ci_low, ci_high, n_targets, n_excluded, n_subsets, seconds}, ...], "differences": [{a, b,
+    ensemble, diff, std, ci_low, ci_high, ci, n_targets, n_excluded, n_bootstrap}, ...],
+    "scoring_seconds", ...}`` (``diagnostic``: the method is one of
+    :data:`~tarot_select.lds.DIAGNOSTIC_METHODS`, not a method of the paper; ``seconds``: the
+    LDS and its bootstrap; ``scoring_seconds``: all score matrices) and returns the records.
+
+    The members are read one at a time and scored by
+    :func:`~tarot_select.lds.attribution_scores_many` (one whitening and one TRAK solve per
+    member for all methods); the ensemble of size :math:`E` is the mean of the first
+    :math:`E` members' matrices, as :func:`~tarot_select.lds.ensemble_scores` computes it.
     """
     bad = [m for m in methods if m not in ATTRIBUTION_METHODS]
     if bad:
         raise TarotInputError(f"lds.methods: unknown {bad}; choose from {', '.join(ATTRIBUTION_METHODS)}")
     if not ensembles or max(ensembles) > len(member_paths) or min(ensembles) < 1:
         raise TarotInputError(f"lds.ensembles {list(ensembles)} needs 1..{len(member_paths)} members")
+    pair_list = default_pairs(methods) if pairs is None else [tuple(p) for p in pairs]
+    for pair in pair_list:
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(methods):
+            raise TarotInputError(f"lds pairs: {list(pair)} must name two different methods of {list(methods)}")
     masks = read_lds_array(masks_path, "masks").astype(bool)
     outputs = read_lds_array(outputs_path, "outputs")
-    members = [_member(p) for p in member_paths[: max(ensembles)]]
+    sizes = sorted({int(e) for e in ensembles})
+    methods = list(dict.fromkeys(methods))
+    results = {}
+    seconds: dict[tuple[str, int], float] = {}
+    sums: dict[str, np.ndarray] = {}
+    scoring = 0.0
+    # Members one at a time: running sums of their score matrices give every ensemble mean
+    # (the same sums, in the same order, as ensemble_scores) without holding all members.
+    for k, path in enumerate(member_paths[: sizes[-1]], start=1):
+        t0 = time.perf_counter()
+        per_model = attribution_scores_many(methods, *_member(path), whitening=whitening, ridge=ridge, eps=eps)
+        for method, scores in per_model.items():
+            if k == 1:
+                sums[method] = np.array(scores, dtype=np.float64, copy=True)
+            else:
+                sums[method] += scores
+        scoring += time.perf_counter() - t0
+        if k not in sizes:
+            continue
+        for method in methods:
+            t0 = time.perf_counter()
+            res = results[method, k] = lds(sums[method] / k, masks, outputs, n_bootstrap=n_bootstrap, seed=seed)
+            seconds[method, k] = time.perf_counter() - t0
+            log.info("%s E=%d: LDS %.4f [%.4f, %.4f]", method, k, res.value, res.ci_low, res.ci_high)
     records = []
     for method in methods:
-        for e in sorted(ensembles):
-            t0 = time.perf_counter()
-            scores = ensemble_scores(method, members[:e], whitening=whitening, ridge=ridge, eps=eps)
-            res = lds(scores, masks, outputs, n_bootstrap=n_bootstrap, seed=seed)
+        for e in sizes:
+            res = results[method, e]
             records.append(
                 {
                     "method": method,
-                    "ensemble": int(e),
+                    "ensemble": e,
+                    "diagnostic": method in DIAGNOSTIC_METHODS,
                     "lds": res.value,
                     "std": res.std,
                     "ci_low": res.ci_low,
@@ -317,18 +369,25 @@ def lds_evaluate(
                     "n_targets": res.n_targets,
                     "n_excluded": res.n_excluded,
                     "n_subsets": res.n_subsets,
-                    "seconds": time.perf_counter() - t0,
+                    "seconds": seconds[method, e],
                 }
             )
-            log.info("%s E=%d: LDS %.4f [%.4f, %.4f]", method, e, res.value, res.ci_low, res.ci_high)
+    differences = []
+    for a, b in pair_list:
+        for e in sizes:
+            diff = lds_difference(results[a, e], results[b, e], n_bootstrap=n_bootstrap, seed=seed)
+            differences.append({"a": a, "b": b, "ensemble": int(e), **diff.to_dict()})
+            log.info("%s - %s E=%d: %+.4f [%+.4f, %+.4f]", a, b, e, diff.value, diff.ci_low, diff.ci_high)
     write_json_atomic(
         out_path,
         {
             "records": records,
+            "differences": differences,
             "whitening": whitening,
             "ridge": ridge,
             "eps": eps,
             "n_bootstrap": n_bootstrap,
+            "scoring_seconds": scoring,
             "members": [str(p) for p in member_paths[: max(ensembles)]],
             "versions": library_versions(),
         },
