@@ -14,6 +14,7 @@ import math
 import numbers
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import TarotInputError
+from ..io import atomic_path
 from ..outputs import margin
-from .base import Metric
+from .base import Metric, ProxyCheckpoint, RunContext, TaskData
 
 __all__ = [
+    "train_adam_proxy",
     "EpochLog",
     "accuracy_and_margin",
     "adam",
@@ -245,3 +248,44 @@ def epoch_order(idx: np.ndarray, weights: np.ndarray | None, rng: np.random.Gene
     else:
         seen = rng.choice(idx, size=len(idx), replace=True, p=weights / weights.sum())
     return seen[rng.permutation(len(seen))]
+
+
+def train_adam_proxy(
+    model: nn.Module,
+    data: TaskData,
+    cfg: Mapping[str, Any],
+    seed: int,
+    out_dir: Path,
+    context: RunContext,
+    name: str,
+    log: logging.Logger,
+) -> list[ProxyCheckpoint]:
+    """The classifier tasks' proxy training: Adam with a per-epoch cosine decay on
+    candidates ∪ targets, shuffled by a generator seeded with ``seed``, on ``context.device``.
+
+    After each of the last ``cfg["checkpoints"]`` of ``cfg["epochs"]`` epochs,
+    ``out_dir/ckpt_{epoch}.pt`` (``epoch`` 1-based) receives ``{"model", "optimizer"}``
+    (CPU tensors); its :attr:`ProxyCheckpoint.lr` is the learning rate of that epoch. One
+    log line per epoch (:class:`EpochLog`).
+    """
+    device = context.torch_device
+    model = model.to(device)
+    x_c, y_c = tensors(data.candidates)
+    x_t, y_t = tensors(data.targets)
+    x, y = torch.cat([x_c, x_t]).float().to(device), torch.cat([y_c, y_t]).long().to(device)
+    optimizer = adam(model, cfg["lr"])
+    generator = torch.Generator().manual_seed(seed)
+    first_saved = cfg["epochs"] - cfg["checkpoints"]
+    saved: list[ProxyCheckpoint] = []
+    epochs = EpochLog(log, f"{name} proxy", cfg["epochs"], context.progress)
+    for epoch in epochs:
+        lr = cosine_lr(cfg["lr"], epoch, cfg["epochs"])
+        set_lr(optimizer, lr)
+        loss = run_epoch(model, optimizer, x, y, torch.randperm(len(y), generator=generator), cfg["batch_size"])
+        epochs.end(loss, lr)
+        if epoch >= first_saved:
+            path = Path(out_dir) / f"ckpt_{epoch + 1}.pt"
+            with atomic_path(path) as tmp:
+                torch.save({"model": cpu_state(model), "optimizer": to_cpu(optimizer.state_dict())}, tmp)
+            saved.append(ProxyCheckpoint(path=str(path), lr=lr, epoch=epoch + 1, extra={"train_loss": loss}))
+    return saved

@@ -29,7 +29,7 @@ from .._training import (
     run_epoch,
     set_lr,
     tensors,
-    to_cpu,
+    train_adam_proxy,
 )
 from ..base import SPLITS, ClassifierOutputsMixin, Metric, ProxyCheckpoint, Task, TaskData
 from .data import ALL_SOURCES, N_CLASSES, base_images, transform_images
@@ -264,34 +264,9 @@ class DigitsTask(ClassifierOutputsMixin, Task):
         <tarot_select.tasks.base.RunContext.device>` and logs one line per epoch
         (``progress`` is ignored: the context decides on a progress bar).
         """
-        cfg = self.settings["proxy"]
-        device = self.context.torch_device
-        model = self.proxy_model().to(device)
-        x_c, y_c = tensors(data.candidates)
-        x_t, y_t = tensors(data.targets)
-        x, y = torch.cat([x_c, x_t]).float().to(device), torch.cat([y_c, y_t]).long().to(device)
-        optimizer = adam(model, cfg["lr"])
-        generator = torch.Generator().manual_seed(self.seed)
-        first_saved = cfg["epochs"] - cfg["checkpoints"]
-        saved: list[ProxyCheckpoint] = []
-        log = EpochLog(logger, f"{self.name} proxy", cfg["epochs"], self.context.progress)
-        for epoch in log:
-            lr = cosine_lr(cfg["lr"], epoch, cfg["epochs"])
-            set_lr(optimizer, lr)
-            loss = run_epoch(model, optimizer, x, y, torch.randperm(len(y), generator=generator), cfg["batch_size"])
-            log.end(loss, lr)
-            if epoch >= first_saved:
-                saved.append(self._save_checkpoint(Path(out_dir), model, optimizer, epoch + 1, lr, loss))
-        return saved
-
-    @staticmethod
-    def _save_checkpoint(
-        out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, lr: float, loss: float
-    ) -> ProxyCheckpoint:
-        path = out_dir / f"ckpt_{epoch}.pt"
-        with atomic_path(path) as tmp:
-            torch.save({"model": cpu_state(model), "optimizer": to_cpu(optimizer.state_dict())}, tmp)
-        return ProxyCheckpoint(path=str(path), lr=lr, epoch=epoch, extra={"train_loss": loss})
+        return train_adam_proxy(
+            self.proxy_model(), data, self.settings["proxy"], self.seed, Path(out_dir), self.context, self.name, logger
+        )
 
     def loss_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
         """Cross-entropy of ``forward(x)`` against ``y`` for a sample ``(x, y)`` of batch size 1."""

@@ -30,7 +30,7 @@ from .._training import (
     run_epoch,
     set_lr,
     tensors,
-    to_cpu,
+    train_adam_proxy,
 )
 from ..base import SPLITS, ClassifierOutputsMixin, Metric, ProxyCheckpoint, Task, TaskData
 from .data import N_CLASSES, N_PIXELS, load_mnist
@@ -182,28 +182,9 @@ class MnistTask(ClassifierOutputsMixin, Task):
         (``epoch`` 1-based) receives ``{"model": state_dict, "optimizer": adam_state_dict}``
         (CPU tensors); its :attr:`ProxyCheckpoint.lr` is the learning rate used during that epoch.
         """
-        cfg = self.settings["proxy"]
-        device = self.context.torch_device
-        model = self.proxy_model().to(device)
-        x_c, y_c = tensors(data.candidates)
-        x_t, y_t = tensors(data.targets)
-        x, y = torch.cat([x_c, x_t]).float().to(device), torch.cat([y_c, y_t]).long().to(device)
-        optimizer = adam(model, cfg["lr"])
-        generator = torch.Generator().manual_seed(self.seed)
-        first_saved = cfg["epochs"] - cfg["checkpoints"]
-        saved: list[ProxyCheckpoint] = []
-        log = EpochLog(logger, f"{self.name} proxy", cfg["epochs"], self.context.progress)
-        for epoch in log:
-            lr = cosine_lr(cfg["lr"], epoch, cfg["epochs"])
-            set_lr(optimizer, lr)
-            loss = run_epoch(model, optimizer, x, y, torch.randperm(len(y), generator=generator), cfg["batch_size"])
-            log.end(loss, lr)
-            if epoch >= first_saved:
-                path = Path(out_dir) / f"ckpt_{epoch + 1}.pt"
-                with atomic_path(path) as tmp:
-                    torch.save({"model": cpu_state(model), "optimizer": to_cpu(optimizer.state_dict())}, tmp)
-                saved.append(ProxyCheckpoint(path=str(path), lr=lr, epoch=epoch + 1, extra={"train_loss": loss}))
-        return saved
+        return train_adam_proxy(
+            self.proxy_model(), data, self.settings["proxy"], self.seed, Path(out_dir), self.context, self.name, logger
+        )
 
     def loss_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
         """Cross-entropy of ``forward(x)`` against ``y`` for a sample ``(x, y)`` of batch size 1."""
