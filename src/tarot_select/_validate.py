@@ -12,14 +12,58 @@ from .io import release_rows
 _CHECK_ROWS = 8192
 
 
+def as_array(x: object, name: str) -> np.ndarray:
+    """``x`` itself if it is an ``np.ndarray``, else ``np.asarray(x)`` (Python lists, tuples, ...).
+
+    Raises TarotInputError if ``x`` cannot be made into a regular array (ragged lists, ...).
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError, OverflowError) as exc:
+        why = " ".join(str(exc).split())[:100]
+        raise TarotInputError(f"{name}: cannot be read as an array ({why})") from None
+
+
+def check_real(value: object, name: str, low: float | None = None, low_open: bool = False) -> float:
+    """``value`` as a float; it must be a finite real number (not bool), ``>= low`` (``> low`` if ``low_open``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TarotInputError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)):
+        bound = "" if low is None else f" and {'>' if low_open else '>='} {low:g}"
+        raise TarotInputError(f"{name} must be finite{bound}, got {value!r}")
+    return v
+
+
+def check_int(value: object, name: str, low: int) -> int:
+    """``value`` as an int; it must be an integer (not bool, not float) ``>= low``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise TarotInputError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_groups(groups: object, m: int) -> np.ndarray:
+    """Subtask labels: one integer, string or finite float label per target, shape ``(m,)``."""
+    arr = as_array(groups, "target_groups")
+    if arr.shape != (m,):
+        raise TarotInputError(f"target_groups must have one label per target ({m}), got shape {arr.shape}")
+    if arr.dtype.kind not in "biuUSf":
+        raise TarotInputError(f"target_groups must be integer or string labels, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise TarotInputError("target_groups holds NaN or Inf labels")
+    return arr
+
+
 def check_features(x: np.ndarray, name: str) -> np.ndarray:
     """Check that ``x`` is a non-empty 2-D floating array of finite values.
 
     The scan runs in row blocks so that memory-mapped files are not loaded whole (their
     pages are released again, :func:`~tarot_select.io.release_rows`).
-    Returns ``x`` unchanged (no copy).
+    Returns ``x`` unchanged (no copy) if it is an array, else ``np.asarray(x)``.
     """
-    arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    arr = as_array(x, name)
     if arr.ndim != 2:
         raise TarotInputError(f"{name}: expected a 2-D array (samples x dims), got shape {arr.shape}")
     if arr.shape[0] == 0:
@@ -43,8 +87,8 @@ def check_features(x: np.ndarray, name: str) -> np.ndarray:
 
 def check_pair(candidates: np.ndarray, targets: np.ndarray) -> None:
     """Check candidates and targets separately and that their dimensions agree."""
-    check_features(candidates, "candidates")
-    check_features(targets, "targets")
+    candidates = check_features(candidates, "candidates")
+    targets = check_features(targets, "targets")
     if candidates.shape[1] != targets.shape[1]:
         raise TarotInputError(
             f"dimension mismatch: candidates have {candidates.shape[1]} dims, targets have {targets.shape[1]}"
@@ -59,9 +103,11 @@ def resolve_budget(n_candidates: int, budget: int | None, ratio: float | None) -
     if (budget is None) == (ratio is None):
         raise TarotInputError("give exactly one of budget or ratio")
     if ratio is not None:
-        if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 < ratio <= 1.0):
+        if isinstance(ratio, bool) or not (
+            isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 < ratio <= 1.0
+        ):
             raise TarotInputError(f"ratio must be in (0, 1], got {ratio!r}")
-        budget = max(1, int(round(ratio * n_candidates)))
+        budget = max(1, round(ratio * n_candidates))
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
         raise TarotInputError(f"budget must be an integer, got {budget!r}")
     if budget < 1:

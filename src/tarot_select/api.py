@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._validate import check_pair, resolve_budget
+from ._validate import as_array, check_groups, check_int, check_pair, check_real, resolve_budget
 from .baselines import dsdm_scores, less_scores, random_selection, select_by_scores
 from .distance import OT_METHODS, OTMethod, ot_distance
 from .errors import TarotInputError
@@ -26,7 +26,7 @@ from .select import select_fixed_size, select_otm
 from .weight import optimal_weights, potential_counts
 from .whiten import WHITEN_METHODS, Whitener, WhitenMethod
 
-__all__ = ["select", "METHODS", "WEIGHTINGS"]
+__all__ = ["METHODS", "WEIGHTINGS", "select"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,30 @@ def select(
     """
     if method not in METHODS:
         raise TarotInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    candidates = as_array(candidates, "candidates")
+    targets = as_array(targets, "targets")
+    eps = check_real(eps, "eps", 0.0)
+    reg = check_real(reg, "reg", 0.0, low_open=True)
+    repeat = check_real(repeat, "repeat (the repetition factor)", 1.0)
+    dsdm_ridge = check_real(dsdm_ridge, "dsdm_ridge", 0.0)
+    seed = check_int(seed, "seed", 0)
+    n_folds = check_int(n_folds, "n_folds", 2)
+    patience = check_int(patience, "patience", 1)
+    for flag, name in ((normalize, "normalize"), (evaluate, "evaluate"), (progress, "progress")):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TarotInputError(f"{name} must be True or False, got {flag!r}")
+    if checkpoint_dims is not None:
+        checkpoint_dims = [check_int(d, "checkpoint_dims entry", 1) for d in checkpoint_dims]
+    if checkpoint_weights is not None:
+        checkpoint_weights = [check_real(w, "checkpoint_weights entry", 0.0, low_open=True) for w in checkpoint_weights]
+    if target_groups is not None:
+        target_groups = check_groups(target_groups, targets.shape[0] if targets.ndim else -1)
+    if wfd_features is not None:
+        if not isinstance(wfd_features, (tuple, list)) or len(wfd_features) != 2:
+            raise TarotInputError("wfd_features must be a pair (candidate features, target features)")
+        wfd_features = (as_array(wfd_features[0], "WFD candidates"), as_array(wfd_features[1], "WFD targets"))
+    if neighbors is not None and not isinstance(neighbors, Neighbors):
+        raise TarotInputError(f"neighbors must be a Neighbors object, got {type(neighbors).__name__}")
     if whiten not in WHITEN_METHODS:
         raise TarotInputError(f"unknown whitening {whiten!r}; choose one of {', '.join(WHITEN_METHODS)}")
     if weighting is not None and weighting not in WEIGHTINGS:
@@ -124,8 +148,6 @@ def select(
             raise TarotInputError("otm chooses its own size: give neither budget nor ratio")
     else:
         budget = resolve_budget(n, budget, ratio)
-    if weighting == "potential" and not (np.isfinite(repeat) and repeat >= 1):
-        raise TarotInputError(f"repetition factor must be >= 1, got {repeat!r}")
 
     timings: dict[str, float] = {}
     needs_wfd = method in ("tarot", "otm") or evaluate or weighting is not None

@@ -25,15 +25,17 @@ centring, no whitening); ``normalize=False`` skips the unit normalisation.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from scipy import linalg
 
 from .errors import TarotInputError
-from .io import release_rows
+from .io import load_npz, release_rows, save_npz
 
 __all__ = ["WhiteningStats", "Whitener", "whiten", "WHITEN_METHODS"]
 
@@ -99,14 +101,43 @@ class WhiteningStats:
         cov = self.outer / self.n - np.outer(mu, mu)
         return (cov + cov.T) / 2.0
 
-    def save(self, path: str) -> None:
-        """Save the sums as ``.npz`` (for scatter–gather over shards)."""
-        np.savez(path, n=self.n, sum=self.sum, outer=self.outer)
+    def save(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> None:
+        """Save the sums as ``.npz`` with a checked sidecar, atomically (for scatter–gather over shards)."""
+        save_npz(
+            path,
+            {"n": np.int64(self.n), "sum": self.sum, "outer": self.outer},
+            {"kind": "whitening statistics", "dim": self.dim, "rows": self.n, **(meta or {})},
+        )
 
     @classmethod
-    def load(cls, path: str) -> "WhiteningStats":
-        with np.load(path) as z:
-            return cls(dim=int(z["sum"].shape[0]), n=int(z["n"]), sum=z["sum"].copy(), outer=z["outer"].copy())
+    def load(cls, path: str | os.PathLike[str]) -> "WhiteningStats":
+        """Read what :meth:`save` wrote (checked against its sidecar; a file without one is read as is).
+
+        Raises
+        ------
+        TarotInputError
+            If the file is missing, truncated, changed since it was written, or its arrays do not fit.
+        """
+        try:
+            z = load_npz(path, keys=("n", "sum", "outer"))
+        except TarotInputError as exc:
+            raise TarotInputError(f"cannot read whitening statistics: {exc}") from None
+        n, total, outer = z["n"], z["sum"], z["outer"]
+        d = total.shape[0] if total.ndim == 1 else -1
+        if (
+            n.shape != ()
+            or n.dtype.kind not in "iu"
+            or int(n) < 0
+            or d < 0
+            or outer.shape != (d, d)
+            or total.dtype.kind != "f"
+            or outer.dtype.kind != "f"
+        ):
+            raise TarotInputError(
+                f"{path}: not whitening statistics (n {n.shape} {n.dtype}, sum {total.shape}, outer {outer.shape}); "
+                "delete it and rerun the step that made it (snakemake reruns it)"
+            )
+        return cls(dim=d, n=int(n), sum=total.astype(np.float64), outer=outer.astype(np.float64))
 
 
 class Whitener:

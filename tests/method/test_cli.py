@@ -1,4 +1,6 @@
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -122,7 +124,7 @@ def test_bad_input_one_clear_line_and_nothing_written(feats, tmp_path, rng, caps
         del args["--budget"]
     out = tmp_path / "out" / "S.csv"
     argv = ["select", "--out", out] + [x for kv in args.items() for x in kv]
-    code, stdout, err = run(argv, capsys)
+    code, _, err = run(argv, capsys)
     assert code == 2
     assert err.strip().count("\n") == 0 and message in err, err
     assert not out.exists() and not out.with_suffix(".json").exists()
@@ -130,5 +132,168 @@ def test_bad_input_one_clear_line_and_nothing_written(feats, tmp_path, rng, caps
 
 
 def test_console_script_is_installed():
-    res = subprocess.run([sys.executable, "-m", "tarot_select.cli", "--version"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "tarot_select.cli", "--version"], capture_output=True, text=True, check=False
+    )
     assert res.returncode == 0 and "tarot-select" in res.stdout
+
+
+# --------------------------------------------------------------------------- nothing the user owns is overwritten
+
+
+def _files(root):
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "out_of",
+    [
+        lambda tmp, c, t: c,  # the candidates themselves
+        lambda tmp, c, t: t,
+        lambda tmp, c, t: c.with_suffix(".json"),  # an input's sidecar
+        lambda tmp, c, t: tmp / "C.csv",  # its sidecar C.json is the candidates' sidecar
+        lambda tmp, c, t: tmp / "T.tsv",  # its sidecar T.json would become the targets' sidecar
+        lambda tmp, c, t: tmp / "sub" / ".." / "C.npy",
+        "symlink",
+    ],
+)
+def test_out_that_is_an_input_or_its_sidecar_is_refused(feats, tmp_path, capsys, out_of):
+    c, t = feats
+    if out_of == "symlink":
+        out = tmp_path / "link.csv"
+        out.symlink_to(c)
+    else:
+        out = out_of(tmp_path, c, t)
+    before = _files(tmp_path)
+    code, _, err = run(
+        ["select", "--candidates", c, "--targets", t, "--method", "random", "--budget", 5, "--out", out], capsys
+    )
+    assert code == 2 and err.count("\n") == 1 and "choose another output name" in err, err
+    assert _files(tmp_path) == before
+
+
+def test_bad_out_is_refused_before_any_work(feats, tmp_path, capsys, monkeypatch):
+    c, t = feats
+    (tmp_path / "afile").write_text("x")
+    ran = []
+    monkeypatch.setattr("tarot_select.cli.select", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr("tarot_select.cli.load_features", lambda *a, **k: ran.append(1))
+    for out, message in [
+        (tmp_path / "afile" / "S.csv", "afile is not a directory"),
+        (tmp_path / "afile" / "deeper" / "S.csv", "afile is not a directory"),
+        (tmp_path, "is a directory"),
+        (tmp_path / ("x" * 300 + ".csv"), "longer than"),
+    ]:
+        code, _, err = run(
+            ["select", "--candidates", c, "--targets", t, "--method", "tarot", "--budget", 5, "--out", out], capsys
+        )
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert ran == []
+
+
+def test_outputs_are_readable_by_the_group(feats, tmp_path, capsys):
+    c, t = feats
+    out = tmp_path / "S.csv"
+    old = os.umask(0o022)
+    try:
+        code, _, _ = run(
+            ["select", "--candidates", c, "--targets", t, "--method", "random", "--budget", 5, "--out", out], capsys
+        )
+    finally:
+        os.umask(old)
+    assert code == 0
+    assert {p.stat().st_mode & 0o777 for p in (out, out.with_suffix(".json"))} == {0o644}
+
+
+# --------------------------------------------------------------------------- one line, never a traceback
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+        (["--seed", "x"], "argument --seed: expected an integer >= 0"),
+        (["--budget", "2.5"], "argument --budget: expected an integer >= 1"),
+        (["--budget", "0"], "argument --budget: expected an integer >= 1"),
+        (["--reg", "0"], "argument --reg: expected a finite number > 0"),
+        (["--reg", "nan"], "argument --reg: expected a finite number > 0"),
+        (["--eps", "-1"], "argument --eps: expected a finite number >= 0"),
+        (["--eps", "inf"], "argument --eps: expected a finite number >= 0"),
+        (["--repeat", "0.5"], "argument --repeat: expected a finite number >= 1"),
+        (["--folds", "1"], "argument --folds: expected an integer >= 2"),
+        (["--whiten", "pca"], "argument --whiten: invalid choice: 'pca'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--ratio", "0.5"], "argument --ratio: not allowed with argument --budget"),
+    ],
+)
+def test_bad_options_are_one_line_at_parse_time(feats, tmp_path, capsys, extra, message):
+    c, t = feats
+    out = tmp_path / "o" / "S.csv"
+    code, _, err = run(
+        ["select", "--candidates", c, "--targets", t, "--method", "tarot", "--budget", 5, "--out", out, *extra], capsys
+    )
+    assert code == 2 and err.count("\n") == 1 and err.startswith("tarot-select: error: ") and message in err, err
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["select"], ["select", "--candidates", "c.npy"], ["nope"]])
+def test_usage_errors_are_one_line(capsys, argv):
+    code, _, err = run(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("tarot-select: error: "), err
+
+
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (np.arange(25), "one label per target (20), got shape (25,)"),
+        (np.zeros((20, 2), dtype=int), "got shape (20, 2)"),
+        (np.full(20, np.nan), "NaN or Inf labels"),
+        (np.array([{"a": 1}] * 20, dtype=object), "holds Python objects"),
+        (b"", "cannot read"),
+    ],
+)
+def test_bad_target_groups_are_one_line(feats, tmp_path, capsys, labels, message):
+    c, t = feats
+    g = tmp_path / "G.npy"
+    if isinstance(labels, bytes):
+        g.write_bytes(labels)
+    else:
+        np.save(g, labels, allow_pickle=True)
+    out = tmp_path / "o" / "S.csv"
+    argv = ["select", "--candidates", c, "--targets", t, "--method", "less", "--budget", 5, "--target-groups", g]
+    code, _, err = run([*argv, "--out", out], capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err and "G.npy" in err, err
+    assert not out.parent.exists()
+
+
+def test_damaged_candidates_are_one_line(feats, tmp_path, capsys):
+    c, t = feats
+    data = c.read_bytes()
+    c.write_bytes(data[: len(data) // 2])
+    code, _, err = run(
+        ["select", "--candidates", c, "--targets", t, "--method", "random", "--budget", 5, "--out", tmp_path / "S.csv"],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1 and "truncated or changed since it was written" in err and "C.npy" in err
+
+
+def test_api_takes_python_lists_and_refuses_non_numbers(rng):
+    from tarot_select import TarotInputError, select
+
+    x, y = rng.normal(size=(40, 4)), rng.normal(size=(8, 4))
+    from_lists = select("tarot", x.tolist(), y.tolist(), budget=6, evaluate=False)
+    from_arrays = select("tarot", x, y, budget=6, evaluate=False)
+    assert np.array_equal(from_lists.indices, from_arrays.indices)
+    for kwargs, message in [
+        ({"reg": "small"}, "reg must be a number"),
+        ({"reg": -1.0}, "reg must be finite and > 0"),
+        ({"eps": None}, "eps must be a number"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"seed": 1.5}, "seed must be an integer >= 0"),
+        ({"normalize": "no"}, "normalize must be True or False"),
+        ({"checkpoint_dims": ["a"]}, "checkpoint_dims entry must be an integer"),
+    ]:
+        with pytest.raises(TarotInputError, match=re.escape(message)):
+            select("tarot", x, y, budget=6, **kwargs)
+    with pytest.raises(TarotInputError, match="candidates: cannot be read as an array"):
+        select("random", [[1.0, 2.0], [3.0]], y, budget=1)
