@@ -1,18 +1,25 @@
 # Config validation, names of things, and input functions shared by the rules.
 # Torch-free: planning a run imports only the tasks' settings dataclasses.
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+import sys
 
 from tarot_select.errors import TarotInputError
 from tarot_select.experiments import plan
-from tarot_select.experiments.config import check_config
+from tarot_select.experiments.config import load_config
 from tarot_select.experiments.naming import parse_selection, selection_name
 
-validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+# The whole config is checked before any job: a mistake stops Snakemake with exit status 2
+# and one line on stderr that names the key (see tarot_select.experiments.config). The
+# folder, disk and memory checks run in the main process only, not in a cluster job's.
 try:
-    check_config(config)
+    load_config(
+        config,
+        workflow.source_path("../schemas/config.schema.yaml"),
+        overrides=workflow.config_settings.config,
+        environment=workflow.is_main_process,
+    )
 except TarotInputError as exc:
-    raise WorkflowError(f"config error: {exc}") from None
+    print(f"config error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 RESULTS = config["results"]
 # Units: one per (task, target set); a single-target task is one unit of its own name.
@@ -212,6 +219,11 @@ def run_records(wildcards):
 def repeat_factor(wildcards):
     """Uniform repetition of the selection's samples in its downstream training."""
     return plan.repeat_factor(config, wildcards.selection)
+
+
+def select_settings(wildcards):
+    """The global settings this selection depends on (a reference: none)."""
+    return plan.select_settings(config, wildcards.selection)
 
 
 def tsne_selection_files(wildcards):

@@ -192,6 +192,22 @@ class TaskSettings(Settings):
         them all); ``()`` for a task with one target set (override)."""
         return ()
 
+    def split_sizes(self) -> dict[str, int] | None:
+        """Rows of the ``candidates``, ``targets`` (of each target set) and ``evaluation``
+        splits, from the settings alone (torch-free, no data read); None when the kind cannot
+        tell (override). The workflow checks sizes against them before any job runs."""
+        return None
+
+    def proxy_parameters(self) -> dict[str, tuple[int, ...]] | None:
+        """Shapes of the proxy model's trainable parameters by name, in the model's order, from
+        the settings alone (torch-free); None when the kind cannot tell (override).
+
+        The workflow matches ``features.params`` patterns against these names and estimates
+        feature sizes from them before any job runs; a test keeps every kind's answer equal to
+        ``task.proxy_model().named_parameters()``.
+        """
+        return None
+
     def for_stage(self, stage: str) -> dict[str, Any]:
         """The settings stage ``stage`` (one of :data:`STAGES`) depends on, as a plain dict."""
         if stage not in STAGES:

@@ -8,13 +8,23 @@ from typing import Final, Literal, get_args
 
 from ...errors import TarotInputError
 from ..settings import Settings, TaskSettings, setting
-from .data import BATCH_FOLDER, TRAIN_FILES, batch_dir, missing_files
+from .data import BATCH_FOLDER, N_CLASSES, TRAIN_FILES, batch_dir, missing_files
 
-__all__ = ["ARCHS", "Arch", "Cifar10Downstream", "Cifar10Proxy", "Cifar10Settings", "Cifar10Training"]
+__all__ = [
+    "ARCHS",
+    "STANDARD_IMAGES",
+    "Arch",
+    "Cifar10Downstream",
+    "Cifar10Proxy",
+    "Cifar10Settings",
+    "Cifar10Training",
+]
 
 #: Model variants of :class:`~.task.ResNet9` (see :mod:`tarot_select.tasks.cifar10`).
 Arch = Literal["trak", "myrtle"]
 ARCHS: Final[tuple[str, ...]] = get_args(Arch)
+#: Images of the standard CIFAR-10 training and test sets (the sizes the config checks assume).
+STANDARD_IMAGES: Final[dict[str, int]] = {"train": 50_000, "test": 10_000}
 
 
 @dataclass(frozen=True)
@@ -86,3 +96,45 @@ class Cifar10Settings(TaskSettings):
             raise TarotInputError(
                 f"{where}.root: {batch_dir(root)} lacks the CIFAR-10 batch file(s) {', '.join(missing)}{hint}"
             )
+
+    def split_sizes(self) -> dict[str, int]:
+        """Rows of each split, for the standard 50,000 training and 10,000 test images."""
+        n_targets = STANDARD_IMAGES["test"] - self.n_evaluation if self.n_targets is None else self.n_targets
+        return {
+            "candidates": STANDARD_IMAGES["train"] if self.n_train is None else self.n_train,
+            "targets": n_targets,
+            "evaluation": self.n_evaluation or n_targets,
+        }
+
+    def proxy_parameters(self) -> dict[str, tuple[int, ...]]:
+        """Parameter shapes of the proxy :class:`~.task.ResNet9` (``arch``, ``width``)."""
+        w = self.width
+        out: dict[str, tuple[int, ...]] = {}
+
+        def conv_bn(prefix: str, c_in: int, c_out: int, k: int = 3) -> None:
+            out[f"{prefix}.0.weight"] = (c_out, c_in, k, k)  # convolution without bias
+            out[f"{prefix}.1.weight"] = (c_out,)  # batch norm
+            out[f"{prefix}.1.bias"] = (c_out,)
+
+        def residual(prefix: str, c: int) -> None:
+            conv_bn(f"{prefix}.body.0", c, c)
+            conv_bn(f"{prefix}.body.1", c, c)
+
+        if self.arch == "trak":
+            conv_bn("features.0", 3, w)
+            conv_bn("features.1", w, 2 * w, 5)
+            residual("features.2", 2 * w)
+            conv_bn("features.3", 2 * w, 4 * w)
+            residual("features.5", 4 * w)  # 4: max pooling
+            conv_bn("features.6", 4 * w, 2 * w)
+            out_channels = 2 * w
+        else:
+            conv_bn("features.0", 3, w)
+            conv_bn("features.1", w, 2 * w)
+            residual("features.3", 2 * w)  # 2, 5, 7: max pooling
+            conv_bn("features.4", 2 * w, 4 * w)
+            conv_bn("features.6", 4 * w, 8 * w)
+            residual("features.8", 8 * w)
+            out_channels = 8 * w
+        out["head.weight"] = (N_CLASSES, out_channels)
+        return out

@@ -8,7 +8,7 @@ from typing import Literal
 
 from ...errors import TarotInputError
 from ..settings import Settings, TaskSettings, setting
-from .data import N_DIGITS, NON_TARGET_STYLES, base_images
+from .data import N_CLASSES, N_DIGITS, NON_TARGET_STYLES, base_images
 
 __all__ = ["DigitsDownstream", "DigitsProxy", "DigitsSettings"]
 
@@ -84,3 +84,25 @@ class DigitsSettings(TaskSettings):
     def n_base_images(self) -> int:
         """Number of base images (1,797 for scikit-learn's copy)."""
         return N_DIGITS if self.images is None else len(base_images(self.images)[0])
+
+    def split_sizes(self) -> dict[str, int]:
+        """Rows of each split: ``per_source`` candidates per source, ``n_targets``, ``n_evaluation``."""
+        return {
+            "candidates": len(self.sources) * self.per_source,
+            "targets": self.n_targets,
+            "evaluation": self.n_evaluation,
+        }
+
+    def proxy_parameters(self) -> dict[str, tuple[int, ...]]:
+        """Parameter shapes of the proxy :class:`~.task.DigitsCNN` (width ``proxy.width``)."""
+        w = self.proxy.width
+        return {
+            "conv1.weight": (w, 1, 3, 3),
+            "conv1.bias": (w,),
+            "conv2.weight": (2 * w, w, 3, 3),
+            "conv2.bias": (2 * w,),
+            "fc1.weight": (64, 2 * w * 4 * 4),
+            "fc1.bias": (64,),
+            "fc2.weight": (N_CLASSES, 64),
+            "fc2.bias": (N_CLASSES,),
+        }

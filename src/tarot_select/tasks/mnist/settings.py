@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import TarotInputError
 from ..settings import Settings, TaskSettings, setting
-from .data import n_images
+from .data import N_CLASSES, N_PIXELS, n_images
 
 __all__ = ["MnistDownstream", "MnistProxy", "MnistSettings"]
 
@@ -59,3 +60,20 @@ class MnistSettings(TaskSettings):
     def n_images(self) -> int:
         """Number of images of the source (reads a local ``path`` once per process)."""
         return n_images(self.path)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Rows of each split: ``n_train``, ``n_targets``, ``n_evaluation`` (0: the targets)."""
+        return {
+            "candidates": self.n_train,
+            "targets": self.n_targets,
+            "evaluation": self.n_evaluation or self.n_targets,
+        }
+
+    def proxy_parameters(self) -> dict[str, tuple[int, ...]]:
+        """Parameter shapes of the proxy :class:`~.task.MnistMLP` (widths ``hidden``)."""
+        widths = [N_PIXELS, *self.hidden, N_CLASSES]
+        out: dict[str, tuple[int, ...]] = {}
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
+            out[f"net.{2 * i}.weight"] = (b, a)  # a Linear at every other index (ReLU between)
+            out[f"net.{2 * i}.bias"] = (b,)
+        return out
