@@ -168,10 +168,15 @@ class Checkpoint:
         p = Path(self.path)  # type: ignore[arg-type]
         if not p.is_file():
             raise TarotInputError(f"checkpoint file not found: {p}")
+        if p.stat().st_size == 0:
+            raise TarotInputError(f"{p}: checkpoint is empty (an interrupted write?); delete it and rerun")
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # any unpickling failure means a bad file
-            raise TarotInputError(f"cannot load checkpoint {p}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+            detail = " ".join(str(exc).split()).split(". ")[0][:120]
+            raise TarotInputError(
+                f"{p}: checkpoint is truncated or damaged ({type(exc).__name__}: {detail}); delete it and rerun"
+            ) from None
         if not isinstance(obj, Mapping):
             raise TarotInputError(f"checkpoint {p} holds a {type(obj).__name__}, expected a state dict")
         return obj

@@ -1,19 +1,27 @@
 """Pipeline stages: jobs build their task from params alone, the gradient engine comes from
-config, a selection maps to the task's training examples, run records carry the metric spec."""
+config, a selection maps to the task's training examples, run records carry the metric spec;
+bad input stops a job with one line and exit 2, and every file a job reads from an earlier
+one (checkpoints, models, statistics, neighbour lists, selections, LDS arrays) is named when
+it is damaged."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from tarot_select.errors import TarotInputError
-from tarot_select.experiments import plan, stages
+from tarot_select.experiments import lds_stages, plan, stages
 from tarot_select.factored import FactoredGradientFeaturizer
-from tarot_select.featurize import GradientFeaturizer
-from tarot_select.io import load_features
+from tarot_select.featurize import Checkpoint, GradientFeaturizer
+from tarot_select.io import load_features, save_npz
 from tarot_select.result import Selection
 
 DIGITS = {
@@ -172,7 +180,9 @@ def test_dsdm_scores_trak_datamodels_of_the_margin_when_the_task_has_outputs(pre
     f = tmp_path / "out"
     features = {"proj_dim": 8, "batch_size": 16}
     for split in ("candidates", "targets"):
-        stages.dump_gradients(task, root / "data", root / "proxy", split, f / f"{split}_output.npy", features, output=True)
+        stages.dump_gradients(
+            task, root / "data", root / "proxy", split, f / f"{split}_output.npy", features, output=True
+        )
     assert load_features(f / "candidates_output.npy").meta["gradient_of"] == "model output"
     q = stages.proxy_train_weights(task, stages.load_data(task, root / "data"), root / "proxy")
     assert q.shape == (40, 1) and ((q > 0) & (q < 1)).all()
@@ -183,3 +193,159 @@ def test_dsdm_scores_trak_datamodels_of_the_margin_when_the_task_has_outputs(pre
     assert "margin" in json.loads((tmp_path / "m.json").read_text())["dsdm_features"]
     assert "loss gradients" in json.loads((tmp_path / "l.json").read_text())["dsdm_features"]
     assert with_q.size == plain.size == 10
+
+
+# ---------------------------------------------------------------- damaged files and one-line errors
+
+
+@pytest.fixture
+def restore_logging():
+    """``stage`` reconfigures the root logger and the thread pools; put them back afterwards."""
+    root = logging.getLogger()
+    handlers, level, threads = list(root.handlers), root.level, torch.get_num_threads()
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    torch.set_num_threads(threads)
+
+
+def test_bad_input_stops_a_job_with_one_line_and_exit_2(tmp_path, capsys, restore_logging):
+    log = tmp_path / "logs" / "job.log"
+    message = f"{tmp_path}/stats.npz: truncated or changed since it was written;\ndelete it and rerun"
+    with pytest.raises(SystemExit) as stopped, stages.stage(log):
+        raise TarotInputError(message)
+    assert stopped.value.code == stages.INPUT_ERROR_STATUS == 2
+    one_line = " ".join(message.split())
+    assert capsys.readouterr().err.splitlines() == [f"error: {one_line}"]
+    text = log.read_text()
+    assert "Traceback" not in text and text.count("stats.npz") == 1
+    assert next(ln for ln in text.splitlines() if " ERROR " in ln).endswith(one_line)
+
+
+def test_a_bug_in_a_job_keeps_its_traceback(tmp_path, capsys, restore_logging):
+    log = tmp_path / "job.log"
+    with pytest.raises(ZeroDivisionError), stages.stage(log):
+        _ = 1 / 0
+    assert "Traceback (most recent call last)" in log.read_text() and "ZeroDivisionError" in log.read_text()
+    assert capsys.readouterr().err == ""  # Snakemake prints the traceback the process dies with
+
+
+def test_a_job_process_stopped_by_bad_input_exits_2_without_a_traceback(tmp_path):
+    script = (
+        "from tarot_select.errors import TarotInputError\n"
+        "from tarot_select.experiments import stages\n"
+        f"with stages.stage({str(tmp_path / 'job.log')!r}):\n"
+        "    raise TarotInputError('/r/digits/features/wfd_neighbors.npz: truncated; delete it and rerun')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: /r/digits/features/wfd_neighbors.npz: truncated; delete it and rerun"
+    ]
+    assert "Traceback" not in (tmp_path / "job.log").read_text()
+
+
+DAMAGE = {
+    "truncated": lambda b: b[: len(b) // 2],
+    "empty": lambda b: b"",
+    "garbage": lambda b: b"\x00not a torch file" * 8,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_checkpoints_and_models_are_named_in_one_line(prepared, tmp_path, damage):
+    _, task, root = prepared
+    proxy = tmp_path / "proxy"
+    shutil.copytree(root / "proxy", proxy)
+    ckpt = proxy / json.loads((proxy / "checkpoints.json").read_text())["checkpoints"][0]["file"]
+    ckpt.write_bytes(DAMAGE[damage](ckpt.read_bytes()))
+    in_workflow = f"; delete the folder {re.escape(str(proxy))} and rerun train_proxy$"  # a directory output
+    checks = [
+        (lambda: task.load_checkpoint(task.proxy_model(), ckpt), in_workflow),
+        (
+            lambda: stages.dump_gradients(task, root / "data", proxy, "targets", tmp_path / "t.npy", {"proj_dim": 4}),
+            in_workflow,
+        ),
+        (lambda: Checkpoint(path=ckpt).load(), "; delete it and rerun$"),  # the library: any checkpoint file
+    ]
+    for check, fix in checks:
+        with pytest.raises(TarotInputError, match=f"^{re.escape(str(ckpt))}: .*(empty|truncated or damaged).*{fix}"):
+            check()
+    assert not (tmp_path / "t.npy").exists()
+    # the downstream model a job trained, damaged before evaluation
+    csv = tmp_path / "sel.csv"
+    Selection(indices=np.arange(10), method="random", n_candidates=40, budget=10).to_csv(
+        csv, extra_meta={"split": "candidates", "ratio_label": "25%", "requested_ratio": 0.25}
+    )
+    model = tmp_path / "m.pt"
+    stages.train_downstream(task, root / "data", csv, 0, model)
+    model.write_bytes(DAMAGE[damage](model.read_bytes()))
+    with pytest.raises(TarotInputError, match=f"{re.escape(str(model))}: downstream model .*delete it and rerun"):
+        stages.evaluate_model(task, root / "data", model, csv, 0, tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("text", ["", '{"task": "digits", "checkpoints": [{"file": "ckpt', "[]"])
+def test_a_damaged_checkpoint_list_is_named(prepared, tmp_path, text):
+    _, task, root = prepared
+    proxy = tmp_path / "proxy"
+    shutil.copytree(root / "proxy", proxy)
+    (proxy / "checkpoints.json").write_text(text)
+    with pytest.raises(TarotInputError, match=r"proxy/checkpoints\.json: .*rerun train_proxy"):
+        stages.dump_gradients(task, root / "data", proxy, "targets", tmp_path / "t.npy", {"proj_dim": 4})
+
+
+def test_whitening_statistics_and_neighbour_lists_are_checked_where_they_are_read(prepared, feature_files, tmp_path):
+    _, task, root = prepared
+    features = {"proj_dim": 8, "batch_size": 16}
+    stats = []
+    for split in ("candidates", "targets"):
+        stats.append(tmp_path / f"{split}.stats.npz")
+        stages.dump_gradients(
+            task, root / "data", root / "proxy", split, tmp_path / f"{split}.npy", features, stats_path=stats[-1]
+        )
+        assert json.loads(stats[-1].with_suffix(".json").read_text())["integrity"]["bytes"] == stats[-1].stat().st_size
+    outs = [tmp_path / n for n in ("wc.npy", "wt.npy")]
+    nb = tmp_path / "nb.npz"
+    stages.whiten_features(tmp_path / "candidates.npy", tmp_path / "targets.npy", *outs, stats=stats, out_neighbors=nb)
+    side = json.loads(nb.with_suffix(".json").read_text())  # one sidecar: what it is and its checksum
+    assert side["k"] == 16 and side["n_candidates"] == 40 and "integrity" in side and side["features"] == str(outs[0])
+    stats[0].write_bytes(stats[0].read_bytes()[:-100])
+    with pytest.raises(TarotInputError, match=f"{re.escape(str(stats[0]))}: truncated or changed"):
+        stages.whiten_features(tmp_path / "candidates.npy", tmp_path / "targets.npy", *outs, stats=stats)
+    nb.write_bytes(nb.read_bytes()[: nb.stat().st_size // 2])
+    files = {**feature_files, "wfd_neighbors": str(nb)}
+    with pytest.raises(TarotInputError, match=f"{re.escape(str(nb))}: truncated or changed"):
+        stages.select_for_job(task, "tarot.r0.25", files, tmp_path / "s.csv", SETTINGS)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_selection_cut_to_half_its_rows_is_refused_before_training(prepared, tmp_path):
+    _, task, root = prepared
+    csv = tmp_path / "sel.csv"
+    Selection(indices=np.arange(10), method="random", n_candidates=40, budget=10).to_csv(
+        csv, extra_meta={"split": "candidates", "ratio_label": "25%", "requested_ratio": 0.25}
+    )
+    lines = csv.read_text().splitlines(keepends=True)
+    csv.write_text("".join(lines[:6]))  # the header and 5 of the 10 rows: still a valid CSV
+    with pytest.raises(TarotInputError, match=f"{re.escape(str(csv))}: truncated or changed"):
+        stages.train_downstream(task, root / "data", csv, 0, tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_damaged_lds_files_are_named(tmp_path):
+    masks, outputs = tmp_path / "masks.npy", tmp_path / "outputs.npy"
+    lds_stages._save_array(masks, np.eye(4, 6, dtype=bool), {})
+    lds_stages._save_array(outputs, np.ones((4, 3)), {})
+    member = tmp_path / "member0.npz"
+    save_npz(member, {"train": np.ones((6, 2)), "targets": np.ones((3, 2)), "weights": np.ones(6)})
+    member.write_bytes(member.read_bytes()[:-10])
+    with pytest.raises(TarotInputError, match=f"{re.escape(str(member))}: truncated or changed"):
+        lds_stages.lds_evaluate(masks, outputs, [member], ["grad_dot"], [1], tmp_path / "lds.json")
+    masks.write_bytes(b"")
+    with pytest.raises(TarotInputError, match=f"masks: {re.escape(str(masks))}: truncated or changed"):
+        lds_stages.read_lds_array(masks, "masks")
+    assert not (tmp_path / "lds.json").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import shutil
 import socket
 import sys
 import types
@@ -263,7 +264,7 @@ def test_splits_sizes_dtypes_labels_and_manifest(fake, prepared, data):
     assert data.evaluation is data.targets  # n_evaluation = 0: evaluation = targets
     assert data.sources.shape == (5 * PER_BATCH,)
     # the manifest copies no image
-    assert sorted(p.name for p in out.iterdir()) == ["data.json", "indices.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["data.json", "indices.json", "indices.npz"]
     assert sum(p.stat().st_size for p in out.iterdir()) < 20_000
     with np.load(out / "indices.npz") as z:
         np.testing.assert_array_equal(z["candidates_index"], np.arange(5 * PER_BATCH))
@@ -347,6 +348,98 @@ def test_real_torchvision_refuses_fake_files_without_downloading(tmp_path, monke
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("network access"))
     with pytest.raises(TarotInputError, match="md5"):  # the fake files fail torchvision's md5 check
         load_cifar10(str(tmp_path))
+
+
+class _Payload:
+    """Pickles as ``fn(*args)``: what a crafted batch file holds."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _payloads(marker: Path) -> dict[str, tuple[_Payload, str]]:
+    """Payloads that create ``marker`` when unpickled, and the name of the global each pickle names."""
+    import os
+    import subprocess
+
+    code = f"open({str(marker)!r}, 'w').close()"
+    return {
+        "os.system": (_Payload(os.system, f"touch '{marker}'"), "system"),
+        "builtins.exec": (_Payload(exec, code), "exec"),
+        # protocol 2 writes Python 2 names: subprocess.check_call is pickled as commands.check_call
+        "subprocess.check_call": (_Payload(subprocess.check_call, ["touch", str(marker)]), "check_call"),
+    }
+
+
+@pytest.mark.parametrize("payload", ["os.system", "builtins.exec", "subprocess.check_call"])
+@pytest.mark.parametrize("where", ["the whole file", "a value of the batch dict"])
+def test_a_crafted_batch_file_is_refused_and_its_payload_never_runs(tmp_path, payload, where):
+    write_fake_cifar(tmp_path)
+    marker = tmp_path / "PAYLOAD_RAN"
+    obj, global_name = _payloads(marker)[payload]
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    if where == "the whole file":
+        crafted = pickle.dumps(obj, protocol=2)
+    else:
+        entry = pickle.loads(batch.read_bytes(), encoding="bytes")
+        crafted = pickle.dumps({**entry, b"labels": obj}, protocol=2)
+    batch.write_bytes(crafted)
+    with pytest.raises(
+        TarotInputError, match=rf"{re.escape(str(batch))}: refused to unpickle: it names [\w.]+\.{global_name}, "
+    ):
+        load_cifar10(str(tmp_path))
+    assert not marker.exists()
+    # the crafted bytes are live: an unrestricted pickle.load runs them
+    pickle.loads(crafted)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("numpy_path", ["numpy.core.multiarray", "numpy._core.multiarray"])
+def test_real_format_batches_load_under_either_numpy_module_path(tmp_path, numpy_path):
+    """numpy 1 pickles name ``numpy.core.multiarray._reconstruct``, numpy 2 ``numpy._core...``."""
+    arrays = write_fake_cifar(tmp_path, seed=7)
+    for path in (tmp_path / "cifar-10-batches-py").glob("*_batch*"):
+        raw = path.read_bytes()
+        for old in (b"numpy._core.multiarray", b"numpy.core.multiarray"):
+            raw = raw.replace(old, numpy_path.encode())
+        assert numpy_path.encode() + b"\n_reconstruct" in raw
+        path.write_bytes(raw)
+    x_tr, y_tr, x_te, y_te = load_cifar10(str(tmp_path))
+    np.testing.assert_array_equal(x_tr, arrays["x_train"])
+    np.testing.assert_array_equal(y_tr, arrays["y_train"])
+    np.testing.assert_array_equal(x_te, arrays["x_test"])
+    np.testing.assert_array_equal(y_te, arrays["y_test"])
+
+
+def test_the_restricted_unpickler_refuses_what_a_batch_never_needs(tmp_path):
+    from tarot_select.tasks._safe_pickle import NUMPY_ARRAY_GLOBALS, safe_load
+
+    ok = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [1, 2], b"s": {1}, b"n": np.int64(3)}
+    for protocol in range(6):
+        got = safe_load(pickle.dumps(ok, protocol=protocol), NUMPY_ARRAY_GLOBALS, origin="b")
+        np.testing.assert_array_equal(got[b"data"], ok[b"data"])
+        assert got[b"labels"] == [1, 2] and got[b"s"] == {1} and got[b"n"] == 3
+    with pytest.raises(
+        TarotInputError, match=r"^b: refused to unpickle: it names numpy\._core\.multiarray\._reconstruct, "
+    ):
+        safe_load(pickle.dumps(ok, protocol=2), {("_codecs", "encode")}, origin="b")
+    with pytest.raises(TarotInputError, match="^b: not a readable pickle .*latin-1"):
+        safe_load(b"c_codecs\nencode\n(X\x01\x00\x00\x00xX\x0a\x00\x00\x00zlib_codectR.", origin="b")
+    with pytest.raises(TarotInputError, match="^b: not a readable pickle"):
+        safe_load(pickle.dumps(ok, protocol=2)[:-7], origin="b")
+
+
+def test_a_damaged_index_file_is_named(fake, prepared, tmp_path):
+    task, out = prepared
+    copy = tmp_path / "p"
+    shutil.copytree(out, copy)
+    index = copy / "indices.npz"
+    index.write_bytes(index.read_bytes()[:-20])
+    with pytest.raises(TarotInputError, match=f"{re.escape(str(index))}: truncated or changed"):
+        task.load(copy)
 
 
 def test_load_notices_changed_root(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -408,3 +409,21 @@ def test_spec_model_outputs_matches_the_task_class():
         task = get_task(kind, _REQUIRED.get(kind, {}), seed=0, check=False)
         assert type(task).SETTINGS is spec.settings and task.name == kind
         assert spec.model_outputs == isinstance(task, ModelOutputs), kind
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one byte changed"])
+def test_a_damaged_data_file_is_named_where_it_is_read(tiny, tmp_path, damage):
+    task, out = tiny
+    copy = tmp_path / "data"
+    shutil.copytree(out, copy)
+    path = copy / "data.npz"
+    raw = bytearray(path.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:  # the size stays: only the checksum recorded in data.json can tell
+        raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(TarotInputError, match=f"{re.escape(str(path))}: truncated or changed since it was written"):
+        task.load(copy)
+    side = json.loads((copy / "data.json").read_text())  # the summary is the arrays' sidecar
+    assert side["integrity"]["bytes"] == (out / "data.npz").stat().st_size and side["counts"]["targets"] == 20

@@ -176,7 +176,9 @@ def test_local_npz_and_idx_folder(tmp_path, rng):
 def test_short_training_learns_real_digits(prepared, data, trained):
     task, _ = prepared
     metrics = task.evaluate(data, trained)
-    assert metrics["accuracy"] > 0.85, metrics  # 500 held-out images; chance is 0.1
+    # 500 held-out images; chance is 0.1. Seeds 0-7 under 1 and 2 torch threads gave 0.888-0.904
+    # (a few images either way with the machine's rounding): 0.8 leaves a margin of 40+ images.
+    assert metrics["accuracy"] > 0.8, metrics
     assert metrics["mean_margin"] > 0.0
     again = task.train_downstream(data, "candidates", np.arange(len(data.candidates)), None, seed=0)
     for key in trained:

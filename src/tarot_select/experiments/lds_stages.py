@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..errors import TarotInputError
 from ..featurize import Checkpoint, GradientFeaturizer
-from ..io import atomic_path, library_versions, write_json_atomic
+from ..io import atomic_path, integrity_of, library_versions, load_npy, load_npz, save_npz, write_json_atomic
 from ..lds import (
     ATTRIBUTION_METHODS,
     DIAGNOSTIC_METHODS,
@@ -66,25 +66,35 @@ PathLike = str | os.PathLike[str]
 
 
 def _save_array(path: PathLike, array: np.ndarray, meta: Mapping[str, Any]) -> None:
-    """``path`` (.npy) and its JSON sidecar, both atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array)
+    """``path`` (.npy) and its JSON sidecar, both atomically; the sidecar records the file's
+    ``integrity`` (size, rows, checksum), which :func:`read_lds_array` checks."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+        record = integrity_of(tmp, rows=int(array.shape[0]) if array.ndim else None)
     sidecar = Path(path).with_suffix(".json")
     write_json_atomic(
         sidecar,
-        {"shape": list(array.shape), "dtype": str(array.dtype), **dict(meta), "versions": library_versions()},
+        {
+            "shape": list(array.shape),
+            "dtype": str(array.dtype),
+            **dict(meta),
+            "versions": library_versions(),
+            "integrity": record,
+        },
     )
 
 
 def read_lds_array(path: PathLike, what: str, ndim: int = 2) -> np.ndarray:
-    """Load a ``.npy`` array a user or an earlier job wrote, with a clear error if it is unusable."""
+    """Load a ``.npy`` array a user or an earlier job wrote, with a clear error if it is unusable
+    (missing, truncated or changed since its sidecar recorded it, not numeric)."""
     p = Path(path)
     if not p.is_file():
         raise TarotInputError(f"{what}: file not found: {p}")
     try:
-        arr = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise TarotInputError(f"{what}: {p} is not a readable .npy array ({exc})") from None
+        arr, _ = load_npy(p, mmap=False, what=what)
+    except TarotInputError as exc:
+        raise TarotInputError(f"{what}: {exc}") from None
     if arr.ndim != ndim:
         raise TarotInputError(f"{what}: {p} must be {ndim}-D, got shape {arr.shape}")
     return arr
@@ -198,8 +208,9 @@ def lds_model_features(
         "seconds": {"train": t_train, "features": time.perf_counter() - t0 - t_train},
         "versions": library_versions(),
     }
-    with atomic_path(out_path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, train=train, targets=targets, weights=weights, meta=np.array(json.dumps(meta)))
+    save_npz(
+        out_path, {"train": train, "targets": targets, "weights": weights, "meta": np.array(json.dumps(meta))}, meta
+    )
     log.info("member %d: %s, features %s in %.1f s", member, metrics, train.shape, time.perf_counter() - t0)
 
 
@@ -278,8 +289,10 @@ def output_gradient_features(
 
 
 def _member(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return z["train"], z["targets"], z["weights"]
+    """``train``, ``targets`` and ``weights`` of an ensemble member file (:func:`lds_model_features`),
+    checked against its sidecar."""
+    z = load_npz(path, keys=("train", "targets", "weights"))
+    return z["train"], z["targets"], z["weights"]
 
 
 def lds_evaluate(

@@ -35,34 +35,36 @@ from ..io import (
     open_feature_writer,
     open_row_writer,
     release_rows,
-    sidecar_path,
     write_json_atomic,
 )
 from ..knn import Neighbors, TopK
 from ..result import Selection, read_selection
 from ..tasks import RunContext, Task, TaskData, get_task, require_model_outputs
+from ..tasks.base import load_torch_file
 from ..weight import uniform_counts
 from ..whiten import DEFAULT_BLOCK_ROWS, Whitener, WhiteningStats
 from .naming import FEATURE_KEYS, OUTPUT_KEYS, REFERENCES, parse_selection, ratio_label, selection_draw
 
 __all__ = [
-    "job_task",
-    "prepare_data",
-    "train_proxy",
-    "dump_gradients",
-    "gather_features",
-    "shard_rows",
-    "whiten_features",
-    "make_selection",
-    "make_featurizer",
     "composition",
-    "proxy_train_weights",
-    "load_data",
-    "select_for_job",
-    "train_downstream",
+    "dump_gradients",
     "evaluate_model",
+    "gather_features",
+    "job_task",
+    "load_data",
+    "make_featurizer",
+    "make_selection",
+    "prepare_data",
+    "proxy_manifest",
+    "proxy_train_weights",
+    "read_json",
+    "select_for_job",
     "setup_stage",
+    "shard_rows",
     "stage",
+    "train_downstream",
+    "train_proxy",
+    "whiten_features",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,13 +88,44 @@ def setup_stage(log_path: str | os.PathLike[str] | None, threads: int = 1) -> No
     threadpool_limits(limits=n)  # numpy / scipy BLAS (kept for the rest of the process)
 
 
+#: Exit status of a job stopped by bad input (a :class:`~tarot_select.errors.TarotInputError`).
+INPUT_ERROR_STATUS = 2
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (whitespace runs, newlines included, become one space)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @contextlib.contextmanager
 def stage(log_path: str | os.PathLike[str] | None, threads: int = 1) -> Iterator[None]:
-    """Run a job body with logging set up; an exception is logged (with traceback) and re-raised."""
+    """Run a job body with logging set up.
+
+    Bad input (a :class:`~tarot_select.errors.TarotInputError`: a damaged or stale file, a
+    setting that cannot work) is reported as one line, without a traceback, to the job's log
+    and to stderr, and the job exits with status :data:`INPUT_ERROR_STATUS` (2). Any other
+    exception is a bug: it is logged with its traceback and re-raised.
+    """
     setup_stage(log_path, threads)
     t0 = time.perf_counter()
     try:
         yield
+    except TarotInputError as exc:
+        log.info("stage stopped by bad input after %.1f s", time.perf_counter() - t0)
+        root = logging.getLogger()
+        to_stderr = None
+        if log_path:  # the log file gets the line; so does stderr, which Snakemake shows
+            to_stderr = logging.StreamHandler(sys.stderr)
+            to_stderr.setFormatter(logging.Formatter("error: %(message)s"))
+            root.addHandler(to_stderr)
+        try:
+            log.error("%s", one_line(exc))
+        finally:
+            if to_stderr is not None:
+                root.removeHandler(to_stderr)
+            for handler in root.handlers:
+                handler.flush()
+        raise SystemExit(INPUT_ERROR_STATUS) from None
     except Exception:
         log.exception("stage failed after %.1f s", time.perf_counter() - t0)
         raise
@@ -145,6 +178,44 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+# ---------------------------------------------------------------- checked reads
+def read_json(path: str | os.PathLike[str], what: str, fix: str = "delete it and rerun the step that made it") -> Any:
+    """The JSON document at ``path`` (an earlier job's output), or a one-line
+    :class:`~tarot_select.errors.TarotInputError` naming it, and saying ``fix``, if it is
+    missing, empty or damaged."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise TarotInputError(f"{p}: {what} not found; {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TarotInputError(f"{p}: cannot read the {what} ({one_line(exc)[:120]}); {fix}") from None
+    if not text.strip():
+        raise TarotInputError(f"{p}: the {what} is empty (an interrupted write?); {fix}")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise TarotInputError(f"{p}: the {what} is truncated or not JSON ({one_line(exc)[:120]}); {fix}") from None
+
+
+def proxy_manifest(proxy_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The checkpoint entries (``file``, ``lr``, ``epoch``, ...) of ``proxy_dir/checkpoints.json``,
+    checked to be a non-empty list of entries with a ``file`` and an ``lr``."""
+    path = Path(proxy_dir) / "checkpoints.json"
+    doc = read_json(path, "proxy checkpoint list", fix=f"delete the folder {proxy_dir} and rerun train_proxy")
+    entries = doc.get("checkpoints") if isinstance(doc, Mapping) else None
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not all(isinstance(e, Mapping) and isinstance(e.get("file"), str) and "lr" in e for e in entries)
+    ):
+        raise TarotInputError(
+            f"{path}: not a proxy checkpoint list (needs 'checkpoints': [{{'file', 'lr'}}, ...]); "
+            "delete the proxy folder and rerun train_proxy"
+        )
+    return [dict(e) for e in entries]
+
+
 # ---------------------------------------------------------------- stages
 def prepare_data(task: Task, out_dir: str | os.PathLike[str]) -> None:
     """Materialise the task's splits into ``out_dir``."""
@@ -194,16 +265,18 @@ def dump_gradients(
     full = data.split(split)
     lo, hi = shard_rows(len(full), shard, n_shards)
     dataset = torch.utils.data.Subset(full, range(lo, hi))
-    manifest = json.loads((Path(proxy_dir) / "checkpoints.json").read_text())
+    manifest = proxy_manifest(proxy_dir)
     model = task.proxy_model()
     param_names = select_parameters(model, features.get("params"))
     ckpts = []
-    for entry in manifest["checkpoints"]:
+    for entry in manifest:
         state, optimizer_state = task.load_checkpoint(model, Path(proxy_dir) / entry["file"])
         pre = None
         if adam:
             if optimizer_state is None:
-                raise TarotInputError(f"{entry['file']}: no optimizer state for the Adam-preconditioned features")
+                raise TarotInputError(
+                    f"{Path(proxy_dir) / entry['file']}: no optimizer state for the Adam-preconditioned features"
+                )
             pre = AdamPreconditioner.from_optimizer_state(optimizer_state, model, param_names)
         ckpts.append(Checkpoint(state_dict=state, weight=float(entry["lr"]), name=entry["file"], preconditioner=pre))
     loss = require_model_outputs(task).output_fn if output else task.loss_fn
@@ -230,19 +303,18 @@ def dump_gradients(
         arr = combine_checkpoints(
             written.array, written.checkpoint_dims, written.checkpoint_weights, features.get("combine", "sum")
         )
-        stats = WhiteningStats(arr.shape[1]).update(arr)
-        with atomic_path(stats_path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, n=stats.n, sum=stats.sum, outer=stats.outer)
+        WhiteningStats(arr.shape[1]).update(arr).save(
+            stats_path, meta={"features": Path(out_path).name, "split": split, "shard": [shard, n_shards]}
+        )
 
 
 def proxy_train_weights(task: Task, data: TaskData, proxy_dir: str | os.PathLike[str]) -> np.ndarray:
     """TRAK's :math:`q_i = 1 - p_{y_i}` of every candidate under every proxy checkpoint,
     shape ``(n_candidates, n_checkpoints)`` (the :math:`Q` of DsDm's TRAK scores)."""
     outputs = require_model_outputs(task)
-    manifest = json.loads((Path(proxy_dir) / "checkpoints.json").read_text())
+    manifest = proxy_manifest(proxy_dir)
     columns = []
-    for entry in manifest["checkpoints"]:
+    for entry in manifest:
         model = task.proxy_model()
         state, _ = task.load_checkpoint(model, Path(proxy_dir) / entry["file"])
         columns.append(outputs.train_weights(data, state, "candidates", model=model))
@@ -371,11 +443,7 @@ def whiten_features(
             if top is not None:
                 top.add(z, start)
     if top is not None and out_neighbors is not None:
-        top.result().save(out_neighbors)
-        write_json_atomic(
-            sidecar_path(out_neighbors),
-            {"k": top.k, "n_candidates": n, "n_targets": int(targ_w.shape[0]), "features": str(out_candidates)},
-        )
+        top.result().save(out_neighbors, meta={"features": str(out_candidates)})
 
 
 #: Selection methods of the workflow that run a library method on other inputs.
@@ -394,7 +462,7 @@ def composition(indices: np.ndarray, groups: Mapping[str, np.ndarray]) -> dict[s
     for kind, labels in groups.items():
         values, n = np.unique(np.asarray(labels)[indices], return_counts=True)
         counts[kind] = {str(v): int(c) for v, c in zip(values, n)}
-    return {"composition": counts, "group_totals": {k: int(len(np.unique(v))) for k, v in groups.items()}}
+    return {"composition": counts, "group_totals": {k: len(np.unique(v)) for k, v in groups.items()}}
 
 
 def make_selection(
@@ -485,7 +553,8 @@ def select_for_job(
         settings = {**settings, "seed": seed}
     data = load_data(task, files["data"])
     groups = data.target_groups if method == "less" else None
-    features = {key: files[key] for key in (*FEATURE_KEYS, *OUTPUT_KEYS) if key in files.keys()}
+    # .keys(): ``in`` on Snakemake's input (a Namedlist) looks among the file names, not the keys
+    features = {key: files[key] for key in (*FEATURE_KEYS, *OUTPUT_KEYS) if key in files.keys()}  # noqa: SIM118
     q = (
         proxy_train_weights(task, data, files["proxy"])
         if method == "dsdm" and "candidates_output" in features
@@ -550,9 +619,13 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Evaluate a downstream model and write a run record for the tables."""
     data = load_data(task, data_dir)
-    blob = torch.load(model_path, map_location="cpu", weights_only=True)
-    metrics = task.evaluate(data, blob["state"])
+    blob = load_torch_file(
+        model_path, "downstream model", fix="delete it and rerun (snakemake reruns train_downstream)"
+    )
+    if not isinstance(blob, Mapping) or not isinstance(blob.get("state"), Mapping):
+        raise TarotInputError(f"{model_path}: not a downstream model file (no 'state'); delete it and rerun")
     _, _, meta = read_selection(selection_csv)
+    metrics = task.evaluate(data, blob["state"])
     method = meta["method"]
     record = {
         "task": task.name,

@@ -49,6 +49,7 @@ from scipy import special
 from torch import nn
 
 from ..errors import TarotInputError
+from ..io import load_npz
 from ..outputs import margin
 from .settings import TaskSettings
 
@@ -61,6 +62,8 @@ __all__ = [
     "RunContext",
     "Task",
     "TaskData",
+    "load_prepared_arrays",
+    "load_torch_file",
     "require_model_outputs",
 ]
 
@@ -183,6 +186,64 @@ class ProxyCheckpoint:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _first_sentence(exc: BaseException, limit: int = 120) -> str:
+    """``Type: first sentence of the message`` on one line, at most ``limit`` characters of message."""
+    text = " ".join(str(exc).split())
+    text = text.split(". ")[0][:limit] if text else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def load_torch_file(
+    path: str | Path, what: str = "checkpoint", fix: str = "delete it and rerun the step that made it"
+) -> Any:
+    """``torch.load`` of a file a job wrote (weights only, on CPU), with one-line errors.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        What the file is, for the message (``proxy checkpoint``, ``downstream model``).
+    fix : str
+        How to get a good file back, for the message.
+
+    Raises
+    ------
+    TarotInputError
+        If the file is missing, empty, truncated or otherwise unreadable (naming it and
+        saying how to rebuild it), or holds objects other than tensors and containers.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TarotInputError(f"{p}: {what} not found; {fix}")
+    if p.stat().st_size == 0:
+        raise TarotInputError(f"{p}: {what} is empty (an interrupted write?); {fix}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - zip, unpickling and EOF errors all mean a damaged file
+        raise TarotInputError(f"{p}: {what} is truncated or damaged ({_first_sentence(exc)}); {fix}") from None
+
+
+def load_prepared_arrays(path: str | Path, keys: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` that a task's :meth:`Task.prepare` wrote into its data folder
+    (:func:`~tarot_select.io.save_npz`), checked against its sidecar.
+
+    Raises
+    ------
+    TarotInputError
+        If it is missing, truncated or changed since it was written, or lacks one of ``keys``;
+        the message says to delete the whole folder (a workflow's data folder is one output:
+        deleting the file alone would not make the workflow prepare it again).
+    """
+    p = Path(path)
+    try:
+        return load_npz(p, keys=tuple(keys))
+    except TarotInputError as exc:
+        reason = str(exc).split("; ")[0]
+        raise TarotInputError(
+            f"{reason}; delete the folder {p.parent} and prepare again (snakemake reruns prepare_data)"
+        ) from None
+
+
 class Task(ABC):
     """Base class of every task. Subclasses set :attr:`name`, :attr:`SETTINGS` and :attr:`metrics`.
 
@@ -288,7 +349,9 @@ class Task(ABC):
         differentiates the chosen parameters only). ``optimizer_state`` is the Adam state
         dict (for LESS's preconditioning), or None. Default: the ``{"model", "optimizer"}``
         dict that the built-in tasks' :meth:`train_proxy` saves."""
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_torch_file(
+            path, "proxy checkpoint", fix=f"delete the folder {Path(path).parent} and rerun train_proxy"
+        )
         if not isinstance(blob, Mapping) or "model" not in blob:
             raise TarotInputError(f"{path}: not a proxy checkpoint (expected a dict with 'model'); rerun train_proxy")
         return blob["model"], blob.get("optimizer")

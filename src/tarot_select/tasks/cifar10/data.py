@@ -1,6 +1,10 @@
 """Reading a local CIFAR-10 (numpy and pickle; torchvision, if installed, is imported only
 when the images are read). Nothing is ever downloaded.
 
+The batch files are pickles; they are read with :func:`~tarot_select.tasks._safe_pickle.safe_load`,
+which resolves only the builtin and numpy globals a batch needs, so a crafted file in the
+user's folder is refused instead of running what it names.
+
 See :mod:`tarot_select.tasks.cifar10` for the layout of the folder.
 """
 
@@ -8,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -16,6 +19,7 @@ from typing import Any, Final
 import numpy as np
 
 from ...errors import TarotInputError
+from .._safe_pickle import NUMPY_ARRAY_GLOBALS, safe_load
 
 __all__ = [
     "BATCH_FOLDER",
@@ -72,8 +76,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images ``uint8 (n, 3, 32, 32)`` and labels ``int64 (n,)`` of one CIFAR-10 pickle."""
     try:
         with open(path, "rb") as fh:
-            entry = pickle.load(fh, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+            entry = safe_load(fh, NUMPY_ARRAY_GLOBALS, origin=f"cifar10: {path}")
+    except OSError as exc:
         raise TarotInputError(f"cifar10: cannot read {path} as a CIFAR-10 batch: {exc}") from None
     if not isinstance(entry, Mapping):
         raise TarotInputError(f"cifar10: {path} holds a {type(entry).__name__}, not a CIFAR-10 batch dict")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import TarotInputError
-from ...io import atomic_path, library_versions, write_json_atomic
+from ...io import atomic_path, library_versions, save_npz, write_json_atomic
 from .._config import seeded
 from .._training import (
     EpochLog,
@@ -31,7 +31,7 @@ from .._training import (
     tensors,
     to_cpu,
 )
-from ..base import SPLITS, ClassifierOutputsMixin, Metric, ProxyCheckpoint, Task, TaskData
+from ..base import SPLITS, ClassifierOutputsMixin, Metric, ProxyCheckpoint, Task, TaskData, load_prepared_arrays
 from .data import N_CLASSES, load_cifar10
 from .settings import ARCHS, Cifar10Settings
 
@@ -282,8 +282,7 @@ class Cifar10Task(ClassifierOutputsMixin, Task):
         for split, (source, idx) in splits.items():
             arrays[f"{split}_index"] = idx
             arrays[f"{split}_y"] = labels[source][idx]
-        with atomic_path(out / _INDEX_FILE) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+        save_npz(out / _INDEX_FILE, arrays, {"task": self.name, "manifest": _MANIFEST})
         manifest = {
             "task": self.name,
             "seed": self.seed,
@@ -314,9 +313,14 @@ class Cifar10Task(ClassifierOutputsMixin, Task):
         folder = Path(data_dir)
         if not (folder / _MANIFEST).is_file() or not (folder / _INDEX_FILE).is_file():
             raise TarotInputError(f"cifar10: {folder} lacks {_MANIFEST} or {_INDEX_FILE}; run prepare first")
-        manifest = json.loads((folder / _MANIFEST).read_text())
-        with np.load(folder / _INDEX_FILE, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        try:
+            manifest = json.loads((folder / _MANIFEST).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            detail = " ".join(str(exc).split())[:120]
+            raise TarotInputError(
+                f"cifar10: {folder / _MANIFEST} is not readable JSON ({detail}); delete {folder} and prepare again"
+            ) from None
+        arrays = load_prepared_arrays(folder / _INDEX_FILE)  # checked against indices.json
         missing = [f"{s}_{k}" for s in SPLITS for k in ("index", "y") if f"{s}_{k}" not in arrays]
         if missing:
             raise TarotInputError(f"cifar10: {folder / _INDEX_FILE} lacks arrays {missing}")

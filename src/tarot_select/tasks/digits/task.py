@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import TarotInputError
-from ...io import atomic_path, library_versions, write_json_atomic
+from ...io import library_versions, save_npz
 from .._config import seeded
 from .._training import (
     EpochLog,
@@ -31,7 +31,7 @@ from .._training import (
     tensors,
     train_adam_proxy,
 )
-from ..base import SPLITS, ClassifierOutputsMixin, Metric, ProxyCheckpoint, Task, TaskData
+from ..base import SPLITS, ClassifierOutputsMixin, Metric, ProxyCheckpoint, Task, TaskData, load_prepared_arrays
 from .data import ALL_SOURCES, N_CLASSES, base_images, transform_images
 from .settings import DigitsSettings
 
@@ -39,8 +39,7 @@ __all__ = ["DigitsCNN", "DigitsTask", "StyledTensorDataset"]
 
 logger = logging.getLogger(__name__)
 
-_DATA_FILE: Final[str] = "data.npz"
-_META_FILE: Final[str] = "data.json"
+_DATA_FILE: Final[str] = "data.npz"  # its sidecar data.json (io.save_npz) is the summary
 _EVAL_BATCH: Final[int] = 512
 
 # Stream identifiers of the seeded generators (second and later entries of the seed).
@@ -182,9 +181,8 @@ class DigitsTask(ClassifierOutputsMixin, Task):
             **self._build_mixture("targets", target_base, _STREAM_TARGETS),
             **self._build_mixture("evaluation", eval_base, _STREAM_EVALUATION),
         }
-        with atomic_path(out / _DATA_FILE) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        write_json_atomic(out / _META_FILE, self._summary(arrays, len(pool)))
+        # the summary is the sidecar of the arrays (data.json), with their checked size and checksum
+        save_npz(out / _DATA_FILE, arrays, self._summary(arrays, len(pool)))
         logger.info(
             "digits: wrote %d candidates, %d targets, %d evaluation samples to %s",
             len(arrays["candidates_y"]),
@@ -223,8 +221,7 @@ class DigitsTask(ClassifierOutputsMixin, Task):
         path = Path(data_dir) / _DATA_FILE
         if not path.is_file():
             raise TarotInputError(f"digits: {path} not found; run prepare first")
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = load_prepared_arrays(path)  # checked against data.json: a damaged file is refused
         needed = [f"{s}_{k}" for s in SPLITS for k in ("x", "y")] + [
             "candidates_source",
             "targets_style",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...errors import TarotInputError
-from ...io import atomic_path, library_versions, write_json_atomic
+from ...io import library_versions, save_npz
 from .._config import seeded
 from .._training import (
     EpochLog,
@@ -32,7 +32,7 @@ from .._training import (
     tensors,
     train_adam_proxy,
 )
-from ..base import SPLITS, ClassifierOutputsMixin, Metric, ProxyCheckpoint, Task, TaskData
+from ..base import SPLITS, ClassifierOutputsMixin, Metric, ProxyCheckpoint, Task, TaskData, load_prepared_arrays
 from .data import N_CLASSES, N_PIXELS, load_mnist
 from .settings import MnistSettings
 
@@ -40,8 +40,7 @@ __all__ = ["MnistMLP", "MnistTask"]
 
 logger = logging.getLogger(__name__)
 
-_DATA_FILE: Final[str] = "data.npz"
-_META_FILE: Final[str] = "data.json"
+_DATA_FILE: Final[str] = "data.npz"  # its sidecar data.json (io.save_npz) is the summary
 _EVAL_BATCH: Final[int] = 1024
 
 # Stream identifiers of the seeded generators (second entry of the seed).
@@ -121,9 +120,8 @@ class MnistTask(ClassifierOutputsMixin, Task):
             arrays[f"{split}_x"] = x[idx]
             arrays[f"{split}_y"] = y[idx]
             arrays[f"{split}_index"] = idx.astype(np.int64)
-        with atomic_path(out / _DATA_FILE) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        write_json_atomic(out / _META_FILE, self._summary(arrays))
+        # the summary is the sidecar of the arrays (data.json), with their checked size and checksum
+        save_npz(out / _DATA_FILE, arrays, self._summary(arrays))
         logger.info(
             "mnist: wrote %d candidates, %d targets, %d evaluation images to %s",
             len(arrays["candidates_y"]),
@@ -151,8 +149,7 @@ class MnistTask(ClassifierOutputsMixin, Task):
         path = Path(data_dir) / _DATA_FILE
         if not path.is_file():
             raise TarotInputError(f"mnist: {path} not found; run prepare first")
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = load_prepared_arrays(path)  # checked against data.json: a damaged file is refused
         missing = [f"{s}_{k}" for s in SPLITS for k in ("x", "y") if f"{s}_{k}" not in arrays]
         if missing:
             raise TarotInputError(f"mnist: {path} lacks arrays {missing}")
