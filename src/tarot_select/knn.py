@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .errors import TarotInputError
-from .io import atomic_path, release_rows
+from .io import load_npz, release_rows, save_npz
 
 __all__ = ["Neighbors", "TopK", "nearest_neighbors"]
 
@@ -63,19 +65,60 @@ class Neighbors:
             raise TarotInputError(f"neighbour indices fall outside the pool of {n_candidates} candidates")
         return self
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``indices``, ``distances`` and ``n_candidates`` to an ``.npz``, atomically."""
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, indices=self.indices, distances=self.distances, n_candidates=self.n_candidates)
+    def save(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> None:
+        """Write ``indices``, ``distances`` and ``n_candidates`` to an ``.npz`` with a checked sidecar, atomically.
+
+        ``meta`` is recorded in the sidecar (e.g. the feature file searched).
+        """
+        save_npz(
+            path,
+            {"indices": self.indices, "distances": self.distances, "n_candidates": np.int64(self.n_candidates)},
+            {
+                "k": self.k,
+                "n_candidates": int(self.n_candidates),
+                "n_targets": int(self.indices.shape[0]),
+                **(meta or {}),
+            },
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Neighbors:
-        """Read what :meth:`save` wrote."""
+        """Read what :meth:`save` wrote (checked against its sidecar; a file without one is read as is).
+
+        Raises
+        ------
+        TarotInputError
+            If the file is missing, truncated, changed since it was written, or its arrays do not fit.
+        """
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return cls(z["indices"].astype(np.int64), z["distances"], int(z["n_candidates"]))
-        except (OSError, KeyError, ValueError) as exc:
-            raise TarotInputError(f"cannot read neighbour lists from {path}: {exc}") from None
+            z = load_npz(path, keys=("indices", "distances", "n_candidates"))
+        except TarotInputError as exc:
+            raise TarotInputError(f"cannot read neighbour lists: {exc}") from None
+        idx, dist, n = z["indices"], z["distances"], z["n_candidates"]
+        if idx.dtype.kind not in "iu" or dist.dtype.kind != "f" or n.shape != () or n.dtype.kind not in "iu":
+            raise TarotInputError(
+                f"{path}: not neighbour lists (indices {idx.dtype}, distances {dist.dtype}, n_candidates {n.shape}); "
+                "delete it and rerun the step that made it (snakemake reruns it)"
+            )
+        return cls(idx.astype(np.int64), dist, int(n))
+
+
+def _block_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` of every row of ``scores`` (m, b), ties at the cut going to the lower column.
+
+    ``torch.topk`` breaks ties at the cut arbitrarily, so with tied distances a search for
+    ``k`` neighbours and one for ``4k`` could disagree on the first ``k`` (and a later rank
+    could repeat a candidate). Here every score above the row's k-th largest is kept, and
+    of those equal to it the lowest columns fill the rest: exactly ``k`` per row.
+    """
+    s, _ = torch.topk(scores, k, dim=1, sorted=False)
+    kth = s.min(dim=1, keepdim=True).values
+    above = scores > kth
+    equal = scores == kth
+    room = k - above.sum(dim=1, keepdim=True)
+    keep = above | (equal & (torch.cumsum(equal, dim=1) <= room))
+    cols = torch.nonzero(keep)[:, 1].view(scores.shape[0], k)  # row-major: k per row, in column order
+    return torch.gather(scores, 1, cols), cols
 
 
 class TopK:
@@ -104,7 +147,7 @@ class TopK:
         """Merge candidates ``start .. start + len(block)`` (rows of ``block``, shape (b, d))."""
         x = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block, dtype=np.float32))
         scores = torch.addmm(-(x * x).sum(1)[None, :], self.y, x.T, alpha=2.0)  # (m, b), rows contiguous
-        s, i = torch.topk(scores, min(self.k, x.shape[0]), dim=1, sorted=False)
+        s, i = _block_topk(scores, min(self.k, x.shape[0]))
         all_s = torch.cat([self.best_s, s], 1)
         all_i = torch.cat([self.best_i, i + start], 1)
         # deterministic tie-break: sort by (score desc, index asc)

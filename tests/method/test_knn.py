@@ -43,3 +43,22 @@ def test_memmap_input(tmp_path, rng):
 def test_bad_k(rng):
     with pytest.raises(TarotInputError, match="k must be"):
         nearest_neighbors(rng.normal(size=(5, 2)), rng.normal(size=(2, 2)), k=6)
+
+
+def test_tied_distances_give_the_same_first_ranks_whatever_k_and_block_size():
+    # many exact ties (1-D features): torch.topk alone breaks ties at the cut arbitrarily,
+    # so a search for 2 neighbours and one for 6 once disagreed (and TAROT then ran out of
+    # ranks before filling a budget of the whole pool)
+    from tarot_select.knn import nearest_neighbors
+    from tarot_select.select import NeighborRanks, select_fixed_size
+
+    x = np.array([[1.0], [1.0], [-1.0], [-1.0], [1.0], [1.0]] * 3)
+    y = np.array([[1.0], [1.0], [-1.0], [-1.0], [-1.0], [-1.0]])
+    full = nearest_neighbors(x, y, k=len(x), block_rows=5).indices
+    for k in (1, 2, 5, 9):
+        for block in (2, 4, 18):
+            np.testing.assert_array_equal(nearest_neighbors(x, y, k=k, block_rows=block).indices, full[:, :k])
+    ranks = NeighborRanks(x, y, k=2)
+    cols = np.stack([ranks.column(r) for r in range(len(x))], 1)
+    assert all(len(set(row)) == len(x) for row in cols)
+    assert sorted(select_fixed_size(x, y, budget=len(x)).indices) == list(range(len(x)))

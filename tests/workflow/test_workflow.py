@@ -211,59 +211,9 @@ def test_rerun_redoes_only_what_is_missing(tiny_run):
     assert res.returncode == 0 and (results / "tables" / "digits.csv").exists()
 
 
-def _planned(cfg: Path) -> dict[str, int]:
-    """Jobs per rule that ``snakemake -n`` plans for ``cfg``."""
-    res = smk("-n", "--quiet", "rules", "--configfile", str(cfg))
-    assert res.returncode == 0, res.stderr[-3000:]
-    found = re.findall(r"^([a-z_]+)\s+(\d+)$", res.stdout + res.stderr, re.MULTILINE)
-    return {rule: int(n) for rule, n in found if rule != "total"}
-
-
-FEATURE_JOBS = {"dump_gradients": 10, "gather_features": 5, "whiten": 1, "select": 13}
-DOWNSTREAM_JOBS = {"train_downstream": 13, "evaluate": 13, "table": 1, "figure_metric_vs_ratio": 1, "all": 1}
-LDS_MODEL_JOBS = {"lds_train_subsets": 2, "lds_gather_outputs": 1, "lds_member": 2, "lds_evaluate": 1, "lds_report": 1}
-
-
-@pytest.mark.xdist_group("tiny")
-@pytest.mark.parametrize(
-    "edit,expected",
-    [
-        ({"tasks.digits.downstream.epochs": 4}, DOWNSTREAM_JOBS),
-        (
-            {"tasks.digits.proxy.lr": 0.002},
-            {"train_proxy": 1, **FEATURE_JOBS, **DOWNSTREAM_JOBS, "figure_tsne": 1},
-        ),
-        ({"lds.tasks.digits-lds.downstream.epochs": 2}, {**LDS_MODEL_JOBS, "all": 1}),
-        # the ensemble members train on the whole training set: new subsets leave them alone
-        ({"lds.subsets": 9}, {"lds_masks": 1, **LDS_MODEL_JOBS, "lds_member": 0, "all": 1}),
-        ({"whitening.eps": 1e-4}, {"whiten": 1, "select": 13, **DOWNSTREAM_JOBS, "figure_tsne": 1}),
-    ],
-    ids=["downstream", "proxy", "lds-task", "lds-subsets", "whitening"],
-)
-def test_editing_a_setting_plans_exactly_the_jobs_that_depend_on_it(tiny_run, tmp_path, edit, expected):
-    tmp, cfg = tiny_run
-    edited = yaml.safe_load(Path(cfg).read_text())
-    for dotted, value in edit.items():
-        node = edited
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key] if key in node else node.setdefault(key, {})
-        node[last] = value
-    path = tmp_path / "edited.yaml"
-    path.write_text(yaml.safe_dump(edited))
-    assert _planned(path) == {rule: n for rule, n in expected.items() if n}
-
-
-@pytest.mark.xdist_group("tiny")
-def test_a_new_seed_reruns_everything_from_data_preparation(tiny_run, tmp_path):
-    _, cfg = tiny_run
-    edited = yaml.safe_load(Path(cfg).read_text())
-    edited["seed"] = 1
-    path = tmp_path / "seed.yaml"
-    path.write_text(yaml.safe_dump(edited))
-    planned = _planned(path)
-    assert planned["prepare_data"] == 2 and planned["train_proxy"] == 1 and planned["lds_masks"] == 1
-    assert planned["select"] == 13 and planned["lds_member"] == 2
+# Editing each kind of setting (task block, seed, LDS block, whitening, ...) and the exact
+# jobs a dry run then plans: benchmarks/reliability/cases_stale.py (run by
+# tests/test_reliability.py on this suite's tiny run).
 
 
 @pytest.mark.xdist_group("tiny")

@@ -17,13 +17,6 @@ rule select:
         runtime=res("select", "runtime"),
     params:
         job=job_params("proxy"),
-        settings={
-            "seed": config["seed"],
-            "repeat": config["weighting"]["repeat"],
-            "folds": config["otm"]["folds"],
-            "patience": config["otm"]["patience"],
-            "ot_method": config["ot"]["method"],
-            "reg": config["ot"]["reg"],
-        },
+        settings=select_settings,
     script:
         "../scripts/select.py"

@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import TarotInputError
 from ..tasks.registry import get_spec
 from ..tasks.settings import TaskSettings
-from .naming import parse_selection, selection_draw, selection_name
+from .naming import REFERENCES, parse_selection, selection_draw, selection_name
 
 __all__ = [
     "PER_SEED_METHODS",
@@ -40,6 +40,7 @@ __all__ = [
     "repeat_factor",
     "resource",
     "runs",
+    "select_settings",
     "selections",
     "stage_params",
     "task_blocks",
@@ -153,6 +154,30 @@ def repeat_factor(config: Mapping[str, Any], selection: str) -> float:
     if not config["weighting"]["enabled"] or ratio is None or method == "tarot_weighted":
         return 1.0
     return float(config["weighting"]["repeat"])
+
+
+def select_settings(config: Mapping[str, Any], selection: str) -> dict[str, Any]:
+    """The global settings one selection depends on (the select job's ``params.settings``).
+
+    Every selection records its OT distance to the target (``ot.method``, ``ot.reg``); the
+    seed draws ``random`` subsets and OTM's folds; ``weighting.repeat`` sets the
+    OT-potential repeat counts of ``tarot_weighted`` only; ``otm.folds``/``otm.patience``
+    matter to OTM only; the references (``full``, ``target_only``) depend on none. A key
+    left out takes the library default, so editing, say, the repetition factor reruns
+    ``tarot_weighted`` and the trainings, not every selection.
+    """
+    method, _ = parse_selection(selection)
+    if method in REFERENCES:
+        return {}
+    out: dict[str, Any] = {"ot_method": config["ot"]["method"], "reg": config["ot"]["reg"]}
+    if method in ("random", "otm"):
+        out["seed"] = config["seed"]
+    if method == "tarot_weighted":
+        out["repeat"] = config["weighting"]["repeat"]
+    if method == "otm":
+        out["folds"] = config["otm"]["folds"]
+        out["patience"] = config["otm"]["patience"]
+    return out
 
 
 def stage_params(config: Mapping[str, Any], task: str, stage: str) -> dict[str, Any]:
