@@ -96,16 +96,19 @@ def test_slurm_run_equals_local_run(slurm_ready, tiny_run, tmp_path):
 
 @pytest.mark.xdist_group("tiny")
 def test_failed_slurm_job_fails_the_run_and_names_its_log(slurm_ready, tiny_run, tmp_path):
-    # Reuse the tiny run's data and proxy, then ask for more shards than there are
-    # targets: only the dump job can see that, so exactly one SLURM job runs and fails.
+    # Reuse the tiny run's data and proxy, with the last proxy checkpoint cut short: the
+    # config is valid, so only the dump job can see it; exactly one SLURM job runs and fails.
     local = tiny_run[0] / "results" / "digits"
     for name in ("data", "proxy"):
         shutil.copytree(local / name, tmp_path / "results" / "digits" / name)
-    cfg = write_config(tmp_path, **{"features.shards": 30})
+    ckpt = tmp_path / "results" / "digits" / "proxy" / "ckpt_2.pt"
+    os.truncate(ckpt, ckpt.stat().st_size // 2)
+    cfg = write_config(tmp_path)
     target = tmp_path / "results" / "digits" / "features" / "shards" / "targets.0.npy"
     res = slurm_smk(str(target), "--configfile", str(cfg), timeout=600)
     out = res.stdout + res.stderr
     assert res.returncode != 0
-    assert "30 shards for only 24 samples" in out, out[-3000:]
+    assert f"{ckpt}: proxy checkpoint is truncated or damaged" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
     assert str(tmp_path / "results" / "digits" / "logs" / "dump_gradients_targets.0.log") in out, out[-3000:]
     assert not target.exists()
