@@ -53,10 +53,16 @@ def slurm_ready():
         pytest.skip(why)
 
 
-def slurm_smk(*args: str, timeout: int) -> subprocess.CompletedProcess:
-    """Snakemake through the SLURM profile; on a timeout, cancel what it left queued."""
+def slurm_smk(*args: str, timeout: int, logdir: Path) -> subprocess.CompletedProcess:
+    """Snakemake through the SLURM profile; on a timeout, cancel what it left queued.
+
+    Each run keeps its SLURM logs in its own ``logdir``: under the shared default
+    (``.snakemake/slurm_logs/<rule>/<wildcards>/``) a run that deletes a finished job's log
+    folder can remove it under a concurrent run's job of the same wildcards, which SLURM
+    then cannot start ("Could not open stdout file").
+    """
     try:
-        return smk("--profile", "profiles/slurm", *args, timeout=timeout)
+        return smk("--profile", "profiles/slurm", "--slurm-logdir", str(logdir), *args, timeout=timeout)
     except subprocess.TimeoutExpired:
         subprocess.run(["scancel", "--user", str(os.getuid())], check=False)
         raise
@@ -70,7 +76,7 @@ def _metrics(results: Path, selection: str) -> dict[str, float]:
 def test_slurm_run_equals_local_run(slurm_ready, tiny_run, tmp_path):
     local = tiny_run[0] / "results"
     cfg = write_config(tmp_path, **SLURM_CHANGES)
-    res = slurm_smk("--configfile", str(cfg), timeout=1200)
+    res = slurm_smk("--configfile", str(cfg), timeout=1200, logdir=tmp_path / "slurm_logs")
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "submitted with SLURM jobid" in out, out[-2000:]  # really went through SLURM
@@ -105,7 +111,7 @@ def test_failed_slurm_job_fails_the_run_and_names_its_log(slurm_ready, tiny_run,
     os.truncate(ckpt, ckpt.stat().st_size // 2)
     cfg = write_config(tmp_path)
     target = tmp_path / "results" / "digits" / "features" / "shards" / "targets.0.npy"
-    res = slurm_smk(str(target), "--configfile", str(cfg), timeout=600)
+    res = slurm_smk(str(target), "--configfile", str(cfg), timeout=600, logdir=tmp_path / "slurm_logs")
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert f"{ckpt}: proxy checkpoint is truncated or damaged" in out, out[-3000:]
