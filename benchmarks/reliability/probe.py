@@ -120,7 +120,8 @@ def run_snakemake(args: Sequence[str], cwd: Path = ROOT, timeout: float = 900) -
         timeout=timeout,
         check=False,
     )
-    raised = proc.stderr if "Traceback (most recent call last)" in proc.stderr else None
+    out = proc.stdout + proc.stderr  # Snakemake prints some tracebacks to stdout
+    raised = out if "Traceback (most recent call last)" in out else None
     return Ran(proc.returncode, proc.stdout, proc.stderr, raised)
 
 
