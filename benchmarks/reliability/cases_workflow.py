@@ -22,15 +22,14 @@ from __future__ import annotations
 import atexit
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 from probe import ROOT, Case, Ran, Verdict, run_snakemake
 
 GROUP = "workflow-damage"
-TINY = ROOT / "tests" / "data" / "tiny.yaml"
 #: The tiny config cut to what the cases read: one selection method and ratio, one
 #: reference, two gradient shards, and a small LDS benchmark.
 CHANGES = {
@@ -52,17 +51,12 @@ _base: dict[str, Path | str] = {}
 
 
 def _write_config(work: Path) -> Path:
-    cfg = yaml.safe_load(TINY.read_text())
-    for dotted, value in CHANGES.items():
-        node = cfg
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    cfg["results"] = str(work / "results")
-    path = work / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The tiny config with :data:`CHANGES`, its results under ``work`` (tests/smk_helpers.py)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    from smk_helpers import write_config
+
+    return write_config(work, **CHANGES)
 
 
 def _snakemake(work: Path, forcerun: tuple[str, ...] = ()) -> Ran:
