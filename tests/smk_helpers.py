@@ -13,8 +13,37 @@ TINY = ROOT / "tests" / "data" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
+def own_directory(args: list[str] | tuple[str, ...]) -> list[str]:
+    """``args`` with ``--directory`` set to the folder that holds the run's ``results`` folder.
+
+    Only for a config outside the project (the tests' temporary ones). Two Snakemake runs
+    sharing one working folder share ``.snakemake/locks``, and Snakemake's lock check can
+    crash with ``FileNotFoundError: .snakemake/locks/0.input.lock`` when the other run
+    removes its lock between listing and reading it (seen in CI, Snakemake 9.27). The
+    tests run concurrently on xdist workers, so each temporary run gets its own folder. It
+    is the results' parent, not the config's, so that an edited config next to another
+    run's results finds that run's metadata (params, code) in the same ``.snakemake``.
+    """
+    args = [str(a) for a in args]
+    if "--configfile" not in args or {"-d", "--directory"} & set(args):
+        return args
+    cfg = Path(args[args.index("--configfile") + 1])
+    if not cfg.is_absolute() or cfg.resolve().is_relative_to(ROOT):
+        return args
+    workdir = cfg.parent
+    try:
+        results = yaml.safe_load(cfg.read_text()).get("results")
+        if isinstance(results, str) and Path(results).is_absolute():
+            workdir = Path(results).parent
+    except Exception:  # a missing or broken config: Snakemake reports it, from the config's folder
+        pass
+    return ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
+
+
 def smk(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [*SNAKEMAKE, *own_directory(args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def write_config(tmp_path: Path, **changes) -> Path:

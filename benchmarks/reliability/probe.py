@@ -111,9 +111,12 @@ def run_cli_process(args: Sequence[str], cwd: Path | None = None, timeout: float
 
 
 def run_snakemake(args: Sequence[str], cwd: Path = ROOT, timeout: float = 900) -> Ran:
-    """Run Snakemake on the project's Snakefile in a subprocess."""
+    """Run Snakemake on the project's Snakefile in a subprocess (a temporary config in its own folder)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from smk_helpers import own_directory
+
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", *map(str, args)],
+        [sys.executable, "-m", "snakemake", *own_directory(list(args))],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -163,8 +166,14 @@ def copy_run(dest: Path) -> tuple[Path, Path]:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """``{relative path: (size, mtime_ns)}`` of every file under ``root`` (hidden ones too)."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    """``{relative path: (size, mtime_ns)}`` of every file under ``root`` (hidden ones too),
+    except Snakemake's own run logs (``.snakemake/log/``): Snakemake writes one for every run
+    started in its working folder, a refused one too."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).parts[:2] != (".snakemake", "log")
+    }
 
 
 def expect_clear_error(ran: Ran, before: dict | None = None, after: dict | None = None, code: int = 2) -> Verdict:
