@@ -360,6 +360,21 @@ def test_plot_metric_vs_ratio_writes_png(tmp_path):
     assert [p.name for p in (tmp_path / "fig").iterdir()] == ["ratio.png"]
 
 
+def test_ratio_ticks_are_the_fixed_ratios_and_otm_is_in_the_legend(tmp_path, monkeypatch):
+    from tarot_select.experiments.report import figures
+
+    seen = []
+    real = figures._save_png
+    monkeypatch.setattr(figures, "_save_png", lambda fig, path: (seen.append(fig), real(fig, path))[1])
+    runs = _runs()
+    runs.loc[runs["method"] == "otm", "ratio"] = [0.4292865, 0.4292865]  # was the tick "42.92865%"
+    report.plot_metric_vs_ratio(runs, tmp_path / "ratio.png")
+    ax = seen[0].axes[0]
+    fmt = ax.xaxis.get_major_formatter()
+    assert [fmt(v, i) for i, v in enumerate(ax.get_xticks())] == ["5%", "10%"]
+    assert "otm (42.9 %)" in ax.get_legend_handles_labels()[1]
+
+
 def test_failed_plot_leaves_nothing(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 

@@ -114,9 +114,11 @@ def plot_metric_vs_ratio(
     fig = _new_figure((6.4, 4.4))
     ax = fig.add_subplot()
     xs = _draw_curves(ax, long, colours, factor)
-    xs += _draw_otm(ax, long, df, colours, factor, value_column)
+    # OTM's chosen ratio is in its legend label, not a tick: a tick at e.g. 42.93 % ran into
+    # the 50 % tick's label.
+    otm_xs = _draw_otm(ax, long, df, colours, factor, value_column)
     _draw_references(ax, long, colours, factor)
-    _style_ratio_axes(ax, xs, log_x)
+    _style_ratio_axes(ax, xs or otm_xs, log_x)
     ax.set_ylabel(_axis_label(spec))
     if title:
         ax.set_title(title)
@@ -231,6 +233,6 @@ def _style_ratio_axes(ax: Axes, xs: Sequence[float], log_x: bool | None) -> None
         ax.xaxis.set_minor_formatter(NullFormatter())
     if ticks and len(ticks) <= 12:
         ax.set_xticks(ticks)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}%"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}%"))
     ax.set_xlabel("selected ratio of the pool (%)")
     ax.grid(True, alpha=0.3)
