@@ -34,7 +34,7 @@ def _palette_png(path, ids: np.ndarray) -> None:
 
 
 def _rgb_png(path, value: int) -> None:
-    Image.fromarray(np.full((H, W, 3), value, dtype=np.uint8)).save(path)
+    Image.fromarray(np.full((H, W, 3), value % 256, dtype=np.uint8)).save(path)
 
 
 def _ids_for(k: int) -> np.ndarray:

@@ -80,7 +80,9 @@ def test_bad_config_fails_before_any_job(tmp_path, changes, message):
 
 
 # ------------------------------------------------------------------ envs
-THIRD_PARTY_TO_CONDA = {"sklearn": "scikit-learn", "ot": "pot", "torch": "pytorch", "yaml": "pyyaml"}
+THIRD_PARTY_TO_CONDA = {"sklearn": "scikit-learn", "ot": "pot", "yaml": "pyyaml"}
+#: What a rule's ``conda:`` input function (common.smk) can return.
+ENV_FUNCTIONS = {"torch_env": ("torch.yaml", "mmseg.yaml")}
 STDLIB = set(sys.stdlib_module_names)
 
 
@@ -132,7 +134,7 @@ def _rules():
         text = smk_file.read_text()
         for block in re.split(r"^rule ", text, flags=re.MULTILINE)[1:]:
             name = block.split(":")[0]
-            conda = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
+            conda = re.search(r'conda:\s*\n\s*(?:"([^"]+)"|([a-z_]+)\n)', block)
             script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
             yield name, smk_file, conda, script
 
@@ -142,14 +144,20 @@ def test_every_rule_declares_its_env_and_the_env_names_what_its_script_imports()
     assert len(rules) >= 9
     for name, smk_file, conda, script in rules:
         assert conda and script, f"rule {name} lacks conda: or script:"
-        env_path = (smk_file.parent / conda.group(1)).resolve()
-        env = yaml.safe_load(env_path.read_text())
-        deps = {re.split(r"[=<> ]", d)[0] for d in env["dependencies"] if isinstance(d, str)}
-        assert "python" in deps and "pip" in deps
+        if conda.group(1) is not None:
+            env_paths = [(smk_file.parent / conda.group(1)).resolve()]
+        else:  # an input function: every env it can choose
+            env_paths = [ROOT / "envs" / f for f in ENV_FUNCTIONS[conda.group(2)]]
         needed = _third_party_of((smk_file.parent / script.group(1)).resolve())
         assert "numpy" in needed  # the walk really reaches the library
-        missing = {THIRD_PARTY_TO_CONDA.get(m, m) for m in needed} - deps
-        assert not missing, f"{env_path.name} (rule {name}) lacks {sorted(missing)}"
+        for env_path in env_paths:
+            env = yaml.safe_load(env_path.read_text())
+            deps = {re.split(r"[=<> ]", d)[0] for d in env["dependencies"] if isinstance(d, str)}
+            pip = next((d["pip"] for d in env["dependencies"] if isinstance(d, dict)), [])
+            deps |= {re.split(r"[=<> \[]", d)[0] for d in pip if not d.startswith("-")}
+            assert "python" in deps and "pip" in deps
+            missing = {THIRD_PARTY_TO_CONDA.get(m, m) for m in needed} - deps
+            assert not missing, f"{env_path.name} (rule {name}) lacks {sorted(missing)}"
 
 
 # ------------------------------------------------------------------ a real run

@@ -237,3 +237,9 @@ def tsne_selection_files(wildcards):
     if config["otm"]["enabled"]:
         names.append("otm")
     return [f"{RESULTS}/{wildcards.task}/selections/{n}.csv" for n in names]
+
+
+def torch_env(wildcards):
+    """The conda env file of a torch job, as the task's settings choose (``conda_env``):
+    envs/torch.yaml, or envs/mmseg.yaml for the segmentation task's mmseg backend."""
+    return f"../../envs/{plan.task_env(config, pool_of(wildcards.task))}.yaml"

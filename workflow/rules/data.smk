@@ -6,7 +6,7 @@ rule prepare_data:
     benchmark:
         f"{RESULTS}/{{task}}/benchmarks/prepare_data.tsv"
     conda:
-        "../../envs/torch.yaml"
+        torch_env
     threads: res("prepare_data", "threads")
     resources:
         mem_mb=res("prepare_data", "mem_mb"),

@@ -9,7 +9,7 @@ rule train_downstream:
     benchmark:
         f"{RESULTS}/{{task}}/benchmarks/train_downstream_{{selection}}_seed{{seed}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        torch_env
     threads: res("train_downstream", "threads")
     resources:
         mem_mb=res("train_downstream", "mem_mb"),
@@ -34,11 +34,12 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/{{task}}/benchmarks/evaluate_{{selection}}_seed{{seed}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        torch_env
     threads: res("evaluate", "threads")
     resources:
         mem_mb=res("evaluate", "mem_mb"),
         runtime=res("evaluate", "runtime"),
+        gpu=res("evaluate", "gpu"),
     params:
         job=job_params("downstream"),
     script:

@@ -16,7 +16,7 @@ rule dump_gradients:
     benchmark:
         f"{RESULTS}/{{task}}/benchmarks/dump_gradients_{{split}}.{{shard}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        torch_env
     threads: res("dump_gradients", "threads")
     resources:
         mem_mb=res("dump_gradients", "mem_mb"),

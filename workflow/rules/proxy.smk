@@ -8,7 +8,7 @@ rule train_proxy:
     benchmark:
         f"{RESULTS}/{{task}}/benchmarks/train_proxy.tsv"
     conda:
-        "../../envs/torch.yaml"
+        torch_env
     threads: res("train_proxy", "threads")
     resources:
         mem_mb=res("train_proxy", "mem_mb"),

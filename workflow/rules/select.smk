@@ -10,7 +10,7 @@ rule select:
     benchmark:
         f"{RESULTS}/{{task}}/benchmarks/select_{{selection}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        torch_env
     threads: res("select", "threads")
     resources:
         mem_mb=res("select", "mem_mb"),

@@ -201,6 +201,11 @@ def task_device(config: Mapping[str, Any], task: str) -> str:
     return str(own or config.get("device", "auto"))
 
 
+def task_env(config: Mapping[str, Any], task: str) -> str:
+    """The conda env name (``envs/<name>.yaml``) of task ``task``'s torch jobs."""
+    return task_settings(config, task, check=False).conda_env()
+
+
 def resource(config: Mapping[str, Any], rule: str, key: str, task: str | None = None) -> int:
     """Resource ``key`` of ``rule`` for task ``task``.
 

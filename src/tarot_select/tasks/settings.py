@@ -208,6 +208,11 @@ class TaskSettings(Settings):
         """
         return None
 
+    def conda_env(self) -> str:
+        """Name of the conda env (``envs/<name>.yaml``) of this task's torch jobs: data,
+        proxy, gradients, selection, downstream training and evaluation (override)."""
+        return "torch"
+
     def for_stage(self, stage: str) -> dict[str, Any]:
         """The settings stage ``stage`` (one of :data:`STAGES`) depends on, as a plain dict."""
         if stage not in STAGES:

@@ -37,7 +37,11 @@ Model (``model``)
 ``atrous_rates`` and ``aspp_channels``, then DeepLabHead's 3×3 conv, BN, ReLU, 1×1
 classifier). ``arch: deeplabv3_resnet50``: torchvision's
 ``deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=19)``, its backbone
-optionally loaded from a local ResNet-50 file (``backbone_weights``). Proxy and downstream
+optionally loaded from a local ResNet-50 file (``backbone_weights``). ``backend: mmseg``:
+the ``EncoderDecoder`` of an mmsegmentation config file (``mmseg_config``, e.g. mmseg's
+DeepLabV3 R50-D8 for Cityscapes), built through mmseg's registry, optionally with a local
+checkpoint (``mmseg_checkpoint``); its auxiliary head is dropped and SyncBN becomes batch
+norm (:mod:`.mmseg_model`; install with ``bash envs/mmseg.post-deploy.sh``). Proxy and downstream
 use the same architecture; both output 19 classes.
 
 Training, gradients, evaluation
@@ -69,8 +73,9 @@ Settings (:class:`~.settings.SegmentationSettings`)
 ``target_styles``    synthetic: styles of the target mixture (``[day, dusk, fog]``)
 ``gta5_root``, ``cityscapes_root``, ``n_candidates``   gta5_cityscapes
 ``n_targets``, ``n_evaluation``                        60, 120 (null: all, gta5_cityscapes)
-``model``            ``{arch: small, width: 16, output_stride: 8, aspp_channels: 32,
-                     atrous_rates: [2, 4, 6], backbone_weights: null}``
+``model``            ``{backend: torchvision, arch: small, width: 16, output_stride: 8,
+                     aspp_channels: 32, atrous_rates: [2, 4, 6], backbone_weights: null,
+                     mmseg_config: null, mmseg_checkpoint: null}``
 ``proxy``            ``{epochs: 8, lr: 0.003, batch_size: 16, optimizer: adam, momentum: 0.9,
                      weight_decay: 0.0, poly_power: 0.9, checkpoints: 4}``
 ``downstream``       ``{epochs: 30, ... , eval_every: 0, primary: final}``

@@ -156,15 +156,21 @@ def _resnet50(backbone_weights: str | None) -> SegmentationNet:
     return SegmentationNet(net.backbone, net.classifier)
 
 
-def build_model(cfg: Mapping[str, Any]) -> SegmentationNet:
+def build_model(cfg: Mapping[str, Any]) -> nn.Module:
     """A freshly initialised model for the ``model`` settings block ``cfg`` (default torch init).
 
     Parameters
     ----------
     cfg : mapping
-        ``arch`` (``small`` | ``deeplabv3_resnet50``), ``width``, ``output_stride``,
-        ``aspp_channels``, ``atrous_rates`` (small) and ``backbone_weights`` (ResNet-50).
+        ``backend`` (``torchvision`` | ``mmseg``); torchvision: ``arch`` (``small`` |
+        ``deeplabv3_resnet50``), ``width``, ``output_stride``, ``aspp_channels``,
+        ``atrous_rates`` (small) and ``backbone_weights`` (ResNet-50); mmseg:
+        ``mmseg_config`` and ``mmseg_checkpoint`` (:mod:`.mmseg_model`).
     """
+    if cfg.get("backend", "torchvision") == "mmseg":
+        from .mmseg_model import build_mmseg_model
+
+        return build_mmseg_model(cfg["mmseg_config"], cfg.get("mmseg_checkpoint"), N_CLASSES)
     if cfg["arch"] == "deeplabv3_resnet50":
         return _resnet50(cfg.get("backbone_weights"))
     if cfg["arch"] != "small":

@@ -32,8 +32,11 @@ Style = Literal["day", "dusk", "night", "fog", "desert", "mislabelled"]
 class SegmentationModel(Settings):
     """The DeepLabV3 of proxy and downstream (see :mod:`tarot_select.tasks.segmentation.model`)."""
 
+    backend: Literal["torchvision", "mmseg"] = setting(
+        "torchvision", doc="torchvision (arch below) | mmseg (the model of an mmsegmentation config file)"
+    )
     arch: Literal["small", "deeplabv3_resnet50"] = setting(
-        "small", doc="small (narrow backbone + torchvision's ASPP head) | deeplabv3_resnet50 (torchvision's)"
+        "small", doc="torchvision: small (narrow backbone + torchvision's ASPP head) | deeplabv3_resnet50"
     )
     width: int = setting(16, minimum=1, doc="small: channels of the first backbone block (then 2x, 4x, 4x)")
     output_stride: Literal[4, 8] = setting(8, doc="small: input size / feature size (strides, then dilation)")
@@ -44,8 +47,32 @@ class SegmentationModel(Settings):
     backbone_weights: str | None = setting(
         None, doc="deeplabv3_resnet50: local torchvision ResNet-50 state dict for the backbone (null: random init)"
     )
+    mmseg_config: str | None = setting(
+        None, doc="mmseg: an mmseg config file whose model is an EncoderDecoder (e.g. DeepLabV3 R50-D8 Cityscapes)"
+    )
+    mmseg_checkpoint: str | None = setting(
+        None, doc="mmseg: local weights of the whole segmentor (tensors only; null: the modules' own init)"
+    )
 
     def check(self, where: str = "") -> None:
+        if self.backend == "mmseg":
+            from .mmseg_model import mmseg_available
+
+            if self.mmseg_config is None:
+                raise TarotInputError(f"{where}.mmseg_config: backend mmseg needs an mmseg config file")
+            for key in ("mmseg_config", "mmseg_checkpoint"):
+                value = getattr(self, key)
+                if value is not None and not Path(value).is_file():
+                    raise TarotInputError(f"{where}.{key}: file not found: {value}")
+            if self.backbone_weights is not None:
+                raise TarotInputError(f"{where}.backbone_weights: only for backend torchvision (mmseg: mmseg_checkpoint)")
+            why = mmseg_available()
+            if why is not None:
+                raise TarotInputError(f"{where}.backend: mmseg: {why}")
+            return
+        for key in ("mmseg_config", "mmseg_checkpoint"):
+            if getattr(self, key) is not None:
+                raise TarotInputError(f"{where}.{key}: only for backend mmseg, not {self.backend}")
         if self.backbone_weights is not None:
             if self.arch != "deeplabv3_resnet50":
                 raise TarotInputError(f"{where}.backbone_weights: only for arch deeplabv3_resnet50, not {self.arch}")
@@ -64,6 +91,7 @@ class SegmentationTraining(Settings):
     momentum: float = setting(0.9, minimum=0, doc="SGD momentum, below 1")
     weight_decay: float = setting(0.0, minimum=0, doc="weight decay on every parameter")
     poly_power: float = setting(0.9, minimum=0, doc="lr after step s of S: lr * (1 - s / S) ** poly_power")
+    amp: bool = setting(False, doc="bfloat16 autocast of the training forward passes on CUDA (no effect on CPU)")
 
     def check(self, where: str = "") -> None:
         if self.momentum >= 1.0:
@@ -189,10 +217,14 @@ class SegmentationSettings(TaskSettings):
         chosen = {"candidates": self.n_candidates, "targets": self.n_targets, "evaluation": self.n_evaluation}
         return {split: have[split] if n is None else min(n, have[split]) for split, n in chosen.items()}
 
+    def conda_env(self) -> str:
+        """``mmseg`` (torch plus mmcv built by its post-deploy script) for ``model.backend: mmseg``."""
+        return "mmseg" if self.model.backend == "mmseg" else "torch"
+
     def proxy_parameters(self) -> dict[str, tuple[int, ...]] | None:
         """Parameter shapes of the ``small`` proxy (None for ``deeplabv3_resnet50``)."""
         m = self.model
-        if m.arch != "small":
+        if m.backend != "torchvision" or m.arch != "small":
             return None
         out: dict[str, tuple[int, ...]] = {}
 

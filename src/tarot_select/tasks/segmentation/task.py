@@ -391,8 +391,9 @@ class SegmentationTask(Task):
         return pixel_losses(forward(sample[0]), sample[1]).sum()
 
     # -------------------------------------------------------------- training
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.context.amp and device.type == "cuda":
+    def _autocast(self, device: torch.device, cfg: Mapping[str, Any]) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when the training block's ``amp`` (or the run context's) asks."""
+        if (cfg.get("amp") or self.context.amp) and device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -439,7 +440,7 @@ class SegmentationTask(Task):
                     lr = _poly_lr(float(cfg["lr"]), min(step, total - 1), total, float(cfg["poly_power"]))
                     set_lr(optimizer, lr)
                     optimizer.zero_grad(set_to_none=True)
-                    with self._autocast(device):
+                    with self._autocast(device, cfg):
                         out = model(x.to(device))
                     loss = _batch_loss(out, y.to(device))
                     loss.backward()
@@ -556,7 +557,7 @@ class SegmentationTask(Task):
                 for start in range(0, len(dataset), batch):  # type: ignore[arg-type]
                     rows = np.arange(start, min(start + batch, len(dataset)))  # type: ignore[arg-type]
                     x, y = _batch_of(dataset, rows)
-                    with self._autocast(device):
+                    with self._autocast(device, self.settings["downstream"]):
                         pred = model(x.to(device)).argmax(1).cpu()
                     total += confusion_matrix(pred, y)
                     for g in names:
