@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,34 @@ def write_config(tmp_path: Path, **changes) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def save_config(cfg: dict, tmp_path: Path) -> Path:
+    """``cfg`` with its results under ``tmp_path``, written as ``tmp_path/config.yaml``."""
+    cfg["results"] = str(tmp_path / "results")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def dry_run(*args: str) -> str:
+    """Output (stdout and stderr) of ``snakemake -n *args``, which must succeed."""
+    res = smk("-n", *args, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout + res.stderr
+
+
+def planned_jobs(out: str) -> dict[str, int]:
+    """Jobs per rule in the summary table of a dry run's output (the total left out)."""
+    return {rule: int(n) for rule, n in re.findall(r"^([a-z_]+)\s+(\d+)$", out, re.MULTILINE) if rule != "total"}
+
+
+def assert_gpus_for_training(out: str) -> None:
+    """In a dry run's job listing, every ``train_proxy``, ``dump_gradients`` and
+    ``train_downstream`` job asks for ``gpu=1`` and no ``evaluate`` job does."""
+    blocks = re.split(r"\n(?=rule )", out)
+    for rule in ("train_proxy", "dump_gradients", "train_downstream"):
+        mine = [b for b in blocks if b.startswith(f"rule {rule}:")]
+        assert mine and all(re.search(r"resources: .*\bgpu=1\b", b) for b in mine), rule
+    evaluate = [b for b in blocks if b.startswith("rule evaluate:")]
+    assert evaluate and not any(re.search(r"\bgpu=1\b", b) for b in evaluate)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import typing
 
 import numpy as np
 import pytest
@@ -18,10 +19,10 @@ from tarot_select.gradients import AdamPreconditioner, per_sample_gradients, sel
 from tarot_select.tasks import ModelOutputs, RunContext, get_spec, get_task
 from tarot_select.tasks.motion import synthetic as syn
 from tarot_select.tasks.motion.losses import wta_loss
-from tarot_select.tasks.motion.models import PRESETS
+from tarot_select.tasks.motion.models import MODEL_KINDS, PRESETS
 from tarot_select.tasks.motion.sample import AGENT_SIN, AGENT_X, AGENT_Y
 from tarot_select.tasks.motion.scenarionet import list_scenarios, read_scenario
-from tarot_select.tasks.motion.settings import MODEL_PRESETS, MotionSettings
+from tarot_select.tasks.motion.settings import MODEL_PRESETS, Arch, MotionSettings
 from tarot_select.tasks.motion.task import MotionDataset, batch_of
 
 CUT = {"history": 4, "future": 10, "dt": 0.4, "agents": 4, "polylines": 8, "points": 5, "point_spacing": 2.0}
@@ -46,20 +47,8 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    task = get_task("motion", SMALL, seed=0)
-    folder = tmp_path_factory.mktemp("motion")
-    task.prepare(folder)
-    return task, task.load(folder), folder
+# conftest.py: ``small`` is SMALL prepared once, ``(task, data, folder)``
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- settings
@@ -115,14 +104,15 @@ def test_scenarionet_folders_are_checked_before_any_job(tmp_path):
             MotionSettings.from_config({**ok, **change}, "t")
 
 
-def test_settings_are_torch_free_and_presets_match_the_models():
+def test_settings_are_torch_free_and_read_the_models_presets():
     import subprocess
     import sys
 
     code = "import sys, tarot_select.tasks.motion.settings, tarot_select.tasks.motion; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
-    assert MODEL_PRESETS == PRESETS
+    # one table (the torch-free presets module) for the settings and build_model
+    assert MODEL_PRESETS is PRESETS and set(PRESETS) == set(typing.get_args(Arch)) == set(MODEL_KINDS)
 
 
 @pytest.mark.parametrize(
@@ -131,10 +121,12 @@ def test_settings_are_torch_free_and_presets_match_the_models():
         {"arch": "autobots"},
         {"arch": "wayformer"},
         {"arch": "autobots", "preset": "paper"},
+        {"arch": "wayformer", "preset": "paper"},
         {"arch": "wayformer", "enc_layers": 3, "dec_layers": 1, "num_latents": 5, "num_modes": 3, "width": 24},
     ],
 )
 def test_proxy_parameters_match_the_model(model):
+    """The settings' torch-free parameter shapes (from the presets) are those of the built model."""
     s = MotionSettings.from_config({"cut": CUT, "proxy": {"model": model}}, "t")
     net = get_task("motion", s).proxy_model()
     assert list(s.proxy_parameters().items()) == [(n, tuple(p.shape)) for n, p in net.named_parameters()]
@@ -200,7 +192,7 @@ def test_prepare_writes_exact_splits_through_scenarionet_folders(small):
 
 
 def test_prepare_is_deterministic_and_seeded(small, tmp_path):
-    task, data, _ = small
+    _, data, _ = small
     again = get_task("motion", SMALL, seed=0)
     again.prepare(tmp_path / "again")
     other = get_task("motion", SMALL, seed=1)
@@ -343,6 +335,14 @@ def test_evaluate_reports_final_best_transfer_and_baseline(small):
         get_task("motion", {**SMALL, "downstream": {**SMALL["downstream"], "also_proxy_arch": False}}).evaluate(
             data, state
         )
+
+
+def test_records_name_both_architectures_for_the_transfer_table():
+    both = get_task("motion", {**SMALL, "downstream": {**SMALL["downstream"], "also_proxy_arch": True}})
+    assert both.architectures() == {"downstream": "wayformer", "proxy_arch": "autobots"}
+    one = get_task("motion", {**SMALL, "downstream": {**SMALL["downstream"], "also_proxy_arch": False}})
+    assert one.architectures() == {"downstream": "wayformer"}
+    assert "Q = I" in both.output_description  # what DsDm scored, quoted by the tables
 
 
 def test_model_outputs_are_the_negative_per_sample_loss(small):

@@ -42,22 +42,8 @@ def needs_torchvision():
     pytest.importorskip("torchvision")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models: one intra-op thread is fastest and does not stall on a busy machine
-    (two threads on a loaded two-core machine made one training 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    task = get_task("segmentation", SMALL, seed=0)
-    folder = tmp_path_factory.mktemp("seg")
-    task.prepare(folder)
-    return task, task.load(folder), folder
+# conftest.py: ``small`` is SMALL prepared once, ``(task, data, folder)``
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- metrics

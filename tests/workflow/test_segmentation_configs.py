@@ -4,7 +4,6 @@ its training and gradient rules), the mini config, and the mmseg backend's confi
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -15,14 +14,10 @@ pytest.importorskip("cityscapesscripts")
 pytest.importorskip("PIL.Image")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tasks"))
-from smk_helpers import ROOT, smk  # noqa: E402
-from test_segmentation_readers import make_cityscapes, make_gta5  # noqa: E402
+from smk_helpers import ROOT, assert_gpus_for_training, dry_run, planned_jobs, save_config, smk
+from test_segmentation_readers import make_cityscapes, make_gta5
 
-from tarot_select.tasks.segmentation.mmseg_model import mmseg_available  # noqa: E402
-
-
-def _jobs(out: str) -> dict[str, int]:
-    return {rule: int(n) for rule, n in re.findall(r"^([a-z_]+)\s+(\d+)$", out, re.MULTILINE) if rule != "total"}
+from tarot_select.tasks.segmentation.mmseg_model import mmseg_available
 
 
 def _paper_config(tmp_path: Path, **model) -> Path:
@@ -33,37 +28,25 @@ def _paper_config(tmp_path: Path, **model) -> Path:
     block = cfg["tasks"]["gta5-cityscapes"]
     block.update(gta5_root=str(gta), cityscapes_root=str(cs))
     block["model"].update(model)
-    cfg["results"] = str(tmp_path / "results")
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return save_config(cfg, tmp_path)
 
 
 def test_the_paper_config_plans_on_fake_folders_with_gpus_for_training_and_gradients(tmp_path):
-    res = smk("-n", "--configfile", str(_paper_config(tmp_path)), timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = res.stdout + res.stderr
-    jobs = _jobs(out)
+    out = dry_run("--configfile", str(_paper_config(tmp_path)))
+    jobs = planned_jobs(out)
     # 4 methods x 3 ratios + tarot_weighted x 3 + otm + full + target_only = 18 selections, 3 seeds
     assert jobs["train_downstream"] == jobs["evaluate"] == 54
     assert jobs["train_proxy"] == 1 and jobs["prepare_data"] == 1
     assert jobs["dump_gradients"] == 24  # 8 shards of candidates, targets, candidates' Adam features
     assert jobs["select"] == 24  # 15 selections + random's own per seed (3 ratios x 3 seeds)
-    blocks = re.split(r"\n(?=rule )", out)
-    for rule in ("train_proxy", "dump_gradients", "train_downstream"):
-        mine = [b for b in blocks if b.startswith(f"rule {rule}:")]
-        assert mine and all(re.search(r"resources: .*\bgpu=1\b", b) for b in mine), rule
-    evaluate = [b for b in blocks if b.startswith("rule evaluate:")]
-    assert evaluate and not any(re.search(r"\bgpu=1\b", b) for b in evaluate)
+    assert_gpus_for_training(out)
 
 
 def test_the_mini_config_plans(tmp_path):
-    res = smk(
-        "-n", "--quiet", "rules", "--configfile", "config/segmentation_mini.yaml",
-        "--config", f"results={tmp_path / 'results'}", timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    jobs = _jobs(res.stdout + res.stderr)
+    config = "config/segmentation_mini.yaml"
+    jobs = planned_jobs(
+        dry_run("--quiet", "rules", "--configfile", config, "--config", f"results={tmp_path / 'results'}")
+    )
     # 15 selections + random's own per seed (3 ratios x 2 seeds); 18 trainings per seed
     assert jobs["train_downstream"] == 36 and jobs["select"] == 21
     assert jobs["figure_metric_vs_ratio"] == 1 and jobs["figure_tsne"] == 1 and jobs["table"] == 1

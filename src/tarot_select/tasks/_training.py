@@ -1,10 +1,14 @@
-"""Training pieces shared by the classifier tasks (digits, mnist_mlp, cifar10_resnet9).
+"""Training pieces shared by the tasks.
 
-Deterministic mini-batch loops over in-memory tensors, the cosine learning-rate schedule,
-batched evaluation without gradients, CPU copies of states for checkpoints, the
-validation of what :meth:`~tarot_select.tasks.base.Task.train_downstream` receives, and
-:class:`EpochLog`, the one place that reports how a training is going (a log line per
-epoch and, for interactive runs, a progress bar).
+For the classifier tasks (digits, mnist_mlp, cifar10_resnet9): deterministic mini-batch
+loops over in-memory tensors and their proxy training (:func:`train_adam_proxy`). For the
+tasks whose data stay on disk (motion, segmentation): index batches of any dataset
+(:func:`batch_of`, :class:`IndexBatches`, :class:`JoinedDatasets`) and the seeded epoch loop
+:func:`train_epochs`. For all: the cosine learning-rate schedule, batched evaluation
+without gradients, CPU copies of states, the proxy checkpoints (:class:`ProxyCheckpoints`),
+the validation of what :meth:`~tarot_select.tasks.base.Task.train_downstream` receives
+(:func:`check_request`), and :class:`EpochLog`, the one place that reports how a training is
+going (a log line per epoch and, for interactive runs, a progress bar).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +30,32 @@ from tqdm.auto import tqdm
 from ..errors import TarotInputError
 from ..io import atomic_path
 from ..outputs import margin
-from .base import Metric, ProxyCheckpoint, RunContext, TaskData
+from .base import SPLITS, Metric, ProxyCheckpoint, RunContext, TaskData
 
 __all__ = [
-    "train_adam_proxy",
     "EpochLog",
+    "IndexBatches",
+    "JoinedDatasets",
+    "ProxyCheckpoints",
     "accuracy_and_margin",
     "adam",
+    "batch_of",
     "check_indices",
+    "check_request",
     "check_seed",
     "check_weights",
     "cosine_lr",
     "cpu_state",
     "epoch_order",
+    "evaluated_epochs",
     "logits",
     "run_epoch",
     "set_lr",
     "tensors",
     "to_cpu",
+    "train_adam_proxy",
+    "train_epochs",
+    "train_proxy_pool",
 ]
 
 
@@ -250,6 +262,211 @@ def epoch_order(idx: np.ndarray, weights: np.ndarray | None, rng: np.random.Gene
     return seen[rng.permutation(len(seen))]
 
 
+def check_request(
+    data: TaskData, split: str, indices: Any, weights: Any, seed: Any, task: str
+) -> tuple[torch.utils.data.Dataset, np.ndarray, np.ndarray | None, int]:
+    """What :meth:`~tarot_select.tasks.base.Task.train_downstream` receives, validated in this
+    order: ``split`` (one of :data:`~tarot_select.tasks.base.SPLITS`), ``seed``
+    (:func:`check_seed`), ``indices`` (:func:`check_indices`) and ``weights``
+    (:func:`check_weights`); messages start with ``task``.
+
+    Returns
+    -------
+    tuple
+        ``(dataset of the split, indices int64, weights or None, seed)``.
+    """
+    if split not in SPLITS:
+        raise TarotInputError(f"{task}: unknown split {split!r}; one of {SPLITS}")
+    seed = check_seed(seed, task)
+    dataset = data.split(split)
+    idx = check_indices(indices, len(dataset), split, task)  # type: ignore[arg-type]
+    return dataset, idx, check_weights(weights, len(idx), task), seed
+
+
+def evaluated_epochs(epochs: int, every: int, final: bool = False) -> list[int]:
+    """Epochs (1-based) evaluated during a training of ``epochs`` epochs: every ``every``-th
+    (none for 0), and the last one when ``final``."""
+    rows = [e for e in range(1, epochs + 1) if every > 0 and e % every == 0]
+    if final and epochs not in rows:
+        rows.append(epochs)
+    return rows
+
+
+# --------------------------------------------------------------------------- index batches
+
+
+def batch_of(dataset: Any, idx: np.ndarray) -> Any:
+    """Items ``idx`` of a dataset (any order, repeats allowed), stacked into one batch.
+
+    The dataset's own ``batch(idx)`` when it has one (array slices); through a ``Subset`` to
+    its dataset; else the items stacked: a dict of tensors for dict items, a tuple of
+    tensors for tuple items.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if hasattr(dataset, "batch"):
+        return dataset.batch(idx)
+    if isinstance(dataset, torch.utils.data.Subset):
+        return batch_of(dataset.dataset, np.asarray(dataset.indices, dtype=np.int64)[idx])
+    items = [dataset[int(i)] for i in idx]
+    if isinstance(items[0], Mapping):
+        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+    return tuple(torch.stack([torch.as_tensor(it[j]) for it in items]) for j in range(len(items[0])))
+
+
+class IndexBatches:
+    """Re-iterable batches (:func:`batch_of`) of a dataset in index order, ``batch_size`` rows
+    each (the last one shorter): gradient dumping and evaluation passes."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int) -> None:
+        self.dataset, self.batch_size = dataset, max(1, int(batch_size))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        for start in range(0, n, self.batch_size):
+            yield batch_of(self.dataset, np.arange(start, min(start + self.batch_size, n)))
+
+
+class JoinedDatasets:
+    """Several datasets indexed as one, in order (candidates ∪ targets for a proxy).
+
+    :meth:`batch` takes each part's rows through :func:`batch_of` and puts them back in the
+    order of ``idx``; the parts' batches must be dicts of tensors or tuples of tensors.
+    """
+
+    def __init__(self, parts: Sequence[torch.utils.data.Dataset]) -> None:
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def batch(self, idx: np.ndarray) -> Any:
+        idx = np.asarray(idx, dtype=np.int64)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        chunks = []
+        for k in np.unique(which):
+            rows = np.flatnonzero(which == k)
+            chunks.append((torch.from_numpy(rows), batch_of(self.parts[k], idx[rows] - self.offsets[k])))
+        first = chunks[0][1]
+        if isinstance(first, Mapping):
+            return {name: _scatter(len(idx), [(rows, b[name]) for rows, b in chunks]) for name in first}
+        return tuple(_scatter(len(idx), [(rows, b[j]) for rows, b in chunks]) for j in range(len(first)))
+
+
+def _scatter(n: int, chunks: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """A tensor of ``n`` rows whose rows ``rows`` are ``t``, for every ``(rows, t)`` of ``chunks``."""
+    first = chunks[0][1]
+    full = torch.empty((n, *first.shape[1:]), dtype=first.dtype)
+    for rows, t in chunks:
+        full[rows] = t
+    return full
+
+
+# --------------------------------------------------------------------------- training loops
+
+
+def train_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Iterable[np.ndarray]],
+    loss_of: Callable[[np.ndarray], torch.Tensor],
+    lr_at: Callable[[int, int], float],
+    *,
+    log: EpochLog,
+    rng: np.random.Generator,
+    device: torch.device,
+    on_epoch: Callable[[int, float, float, torch.optim.Optimizer], None],
+    grad_clip: float = 0.0,
+) -> None:
+    """The epoch loop of a training over batches of sample indices.
+
+    For every epoch of ``log`` (0-based), in train mode, for every index batch ``idx`` of
+    ``batches(epoch)``: the learning rate becomes ``lr_at(epoch, step)`` (``step`` counts the
+    optimizer steps of the whole training from 0), then one optimizer step on
+    ``loss_of(idx)`` (the batch's mean training loss, forward pass included), the gradient's
+    global norm clipped to ``grad_clip`` first (0: not clipped). After every epoch:
+    ``on_epoch(epoch, mean learning rate of its steps, mean loss per sample, optimizer)``.
+
+    The model's random operations (dropout) draw from torch's generator, seeded once from
+    ``rng`` before the first epoch (and before ``batches(0)``) and restored afterwards (with
+    ``device``'s generator for CUDA), so a training is a function of its seed. The model
+    and the optimizer must already be on ``device``.
+    """
+    step = 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(rng.integers(2**62)))
+        for epoch in log:
+            model.train()
+            lr_sum, loss_sum, seen, steps = 0.0, 0.0, 0, 0
+            for idx in batches(epoch):
+                lr = lr_at(epoch, step)
+                set_lr(optimizer, lr)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_of(idx)
+                loss.backward()
+                if grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                step += 1
+                steps += 1
+                lr_sum += lr
+                loss_sum += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            on_epoch(epoch, lr_sum / max(steps, 1), loss_sum / max(seen, 1), optimizer)
+
+
+class ProxyCheckpoints:
+    """What a proxy training does after every epoch (the ``on_epoch`` of :func:`train_epochs`).
+
+    It reports the epoch (:meth:`EpochLog.end`) and, after each of the last
+    ``cfg["checkpoints"]`` of ``cfg["epochs"]`` epochs, writes ``out_dir/ckpt_{epoch}.pt``
+    (``epoch`` 1-based) with ``{"model": state_dict, "optimizer": optimizer state}`` (CPU
+    tensors) and appends its :class:`~tarot_select.tasks.base.ProxyCheckpoint` to
+    :attr:`saved` (``lr``: the learning rate reported for the epoch; ``extra``: the mean
+    training loss).
+    """
+
+    def __init__(self, model: nn.Module, out_dir: Path, cfg: Mapping[str, Any], log: EpochLog) -> None:
+        self.model, self.out_dir, self.log = model, Path(out_dir), log
+        self.first_saved = cfg["epochs"] - cfg["checkpoints"]
+        self.saved: list[ProxyCheckpoint] = []
+
+    def __call__(self, epoch: int, lr: float, loss: float, optimizer: torch.optim.Optimizer) -> None:
+        self.log.end(loss, lr)
+        if epoch < self.first_saved:
+            return
+        path = self.out_dir / f"ckpt_{epoch + 1}.pt"
+        with atomic_path(path) as tmp:
+            torch.save({"model": cpu_state(self.model), "optimizer": to_cpu(optimizer.state_dict())}, tmp)
+        self.saved.append(ProxyCheckpoint(path=str(path), lr=lr, epoch=epoch + 1, extra={"train_loss": loss}))
+
+
+def train_proxy_pool(
+    fit: Callable[..., None],
+    model: nn.Module,
+    data: TaskData,
+    cfg: Mapping[str, Any],
+    rng: np.random.Generator,
+    out_dir: Path,
+    log: EpochLog,
+) -> list[ProxyCheckpoint]:
+    """A proxy training on candidates ∪ targets (:class:`JoinedDatasets`), shuffled anew every
+    epoch by ``rng``, saving its last checkpoints (:class:`ProxyCheckpoints`).
+
+    ``fit`` is the task's training loop, called once as ``fit(model, fetch, order_of_epoch,
+    cfg, log, rng, on_epoch)``: ``fetch(idx)`` gives the batch of pool rows ``idx``,
+    ``order_of_epoch()`` an epoch's order of the pool, ``on_epoch(epoch, lr, mean loss,
+    optimizer)`` must follow every epoch. Returns the saved checkpoints.
+    """
+    pool = JoinedDatasets([data.candidates, data.targets])
+    checkpoints = ProxyCheckpoints(model, out_dir, cfg, log)
+    fit(model, pool.batch, lambda: rng.permutation(len(pool)), cfg, log, rng, checkpoints)
+    return checkpoints.saved
+
+
 def train_adam_proxy(
     model: nn.Module,
     data: TaskData,
@@ -275,17 +492,11 @@ def train_adam_proxy(
     x, y = torch.cat([x_c, x_t]).float().to(device), torch.cat([y_c, y_t]).long().to(device)
     optimizer = adam(model, cfg["lr"])
     generator = torch.Generator().manual_seed(seed)
-    first_saved = cfg["epochs"] - cfg["checkpoints"]
-    saved: list[ProxyCheckpoint] = []
     epochs = EpochLog(log, f"{name} proxy", cfg["epochs"], context.progress)
+    end_of_epoch = ProxyCheckpoints(model, out_dir, cfg, epochs)
     for epoch in epochs:
         lr = cosine_lr(cfg["lr"], epoch, cfg["epochs"])
         set_lr(optimizer, lr)
         loss = run_epoch(model, optimizer, x, y, torch.randperm(len(y), generator=generator), cfg["batch_size"])
-        epochs.end(loss, lr)
-        if epoch >= first_saved:
-            path = Path(out_dir) / f"ckpt_{epoch + 1}.pt"
-            with atomic_path(path) as tmp:
-                torch.save({"model": cpu_state(model), "optimizer": to_cpu(optimizer.state_dict())}, tmp)
-            saved.append(ProxyCheckpoint(path=str(path), lr=lr, epoch=epoch + 1, extra={"train_loss": loss}))
-    return saved
+        end_of_epoch(epoch, lr, loss, optimizer)
+    return end_of_epoch.saved

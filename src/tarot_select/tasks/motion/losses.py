@@ -152,15 +152,10 @@ def wta_loss(
     return loss
 
 
-def batch_loss(
-    pred: Prediction,
-    future: torch.Tensor,
-    future_mask: torch.Tensor,
-    cls_weight: float = 1.0,
-    l2_weight: float = DEFAULT_L2_WEIGHT,
-) -> torch.Tensor:
-    """Mean of :func:`wta_loss` over the batch (samples without a valid future step count as 0)."""
-    return wta_loss(pred, future, future_mask, cls_weight, l2_weight).mean()
+def batch_loss(pred: Prediction, future: torch.Tensor, future_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of :func:`wta_loss` (default weights) over the batch: the training loss (samples
+    without a valid future step count as 0)."""
+    return wta_loss(pred, future, future_mask).mean()
 
 
 def loss_fn(forward: Callable[..., Any], sample: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -49,7 +49,8 @@ samples given as batches of size 1) works for both.
 Sizes and presets
 -----------------
 :func:`build_model` takes a ``kind`` (``autobots`` | ``wayformer``), a preset name
-(:data:`PRESETS`: ``mini`` runs on a CPU, ``paper`` follows the papers' widths) and overrides.
+(:data:`PRESETS`, kept in the torch-free :mod:`.presets` that the settings read too: ``mini``
+runs on a CPU, ``paper`` follows the papers' widths) and overrides.
 The ``mini`` Wayformer has about ten times the parameters of the ``mini`` AutoBots, as the
 TAROT paper's Wayformer has of its AutoBots proxy (:func:`count_parameters`).
 """
@@ -65,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import TarotInputError
+from .presets import MODEL_KINDS, PRESETS
 from .sample import AGENT_FEATURES, AGENT_VX, AGENT_VY, AGENT_X, AGENT_Y, MAP_FEATURES, MAP_X, MAP_Y
 
 __all__ = [
@@ -92,45 +94,12 @@ MASK_FILL: Final[float] = -1e9
 MIN_STD: Final[float] = 0.05
 RHO_MAX: Final[float] = 0.9
 
-MODEL_KINDS: Final[tuple[str, ...]] = ("autobots", "wayformer")
-
 _DATA_SIZES: Final[dict[str, int]] = {
     "history_steps": 21,
     "future_steps": 60,
     "num_agents": 8,
     "num_polylines": 32,
     "points_per_polyline": 10,
-}
-
-#: Size presets per model kind. ``mini``: CPU-sized, Wayformer about 10x AutoBots in parameters.
-#: ``paper``: AutoBots-Ego as in UniTraj's config (d 128, 16 heads, 2+2 layers, feed-forward
-#: 384 = 3 d); Wayformer after UniTraj's config (width 256, 4 heads, 192 latent queries, 8 decoder
-#: layers, feed-forward 1024) with 6 latent self-attention layers (our choice): about 9x AutoBots.
-PRESETS: Final[dict[str, dict[str, dict[str, Any]]]] = {
-    "autobots": {
-        "mini": {"width": 32, "heads": 4, "enc_layers": 2, "dec_layers": 2, "ffn_mult": 2, "num_modes": 6},
-        "paper": {"width": 128, "heads": 16, "enc_layers": 2, "dec_layers": 2, "ffn_mult": 3, "num_modes": 6},
-    },
-    "wayformer": {
-        "mini": {
-            "width": 112,
-            "heads": 4,
-            "num_latents": 16,
-            "enc_layers": 2,
-            "dec_layers": 2,
-            "ffn_mult": 4,
-            "num_modes": 6,
-        },
-        "paper": {
-            "width": 256,
-            "heads": 4,
-            "num_latents": 192,
-            "enc_layers": 6,
-            "dec_layers": 8,
-            "ffn_mult": 4,
-            "num_modes": 6,
-        },
-    },
 }
 
 
@@ -433,36 +402,30 @@ class AutoBots(MotionModel):
     Mode distribution
         ``K`` learned seeds attend to the focal context, then to the polylines; a linear layer
         gives one logit each.
+
+    Parameters
+    ----------
+    width, heads, enc_layers, dec_layers, ffn_mult : int
+        Model width ``D``, attention heads (dividing ``D``), encoder and decoder layers, and
+        feed-forward width over ``D`` (per size preset: :data:`PRESETS`).
+    dropout : float, default 0.0
+        Dropout of the attention weights and of the residual branches (training mode only).
+    **sizes
+        The keyword arguments of :class:`MotionModel`: data sizes, ``num_modes``, scales.
     """
 
     def __init__(
         self,
         *,
-        width: int = 32,
-        heads: int = 4,
-        enc_layers: int = 2,
-        dec_layers: int = 2,
-        ffn_mult: int = 2,
-        num_modes: int = 6,
-        history_steps: int = 21,
-        future_steps: int = 60,
-        num_agents: int = 8,
-        num_polylines: int = 32,
-        points_per_polyline: int = 10,
+        width: int,
+        heads: int,
+        enc_layers: int,
+        dec_layers: int,
+        ffn_mult: int,
         dropout: float = 0.0,
-        pos_scale: float = 10.0,
-        vel_scale: float = 10.0,
+        **sizes: Any,
     ) -> None:
-        super().__init__(
-            history_steps=history_steps,
-            future_steps=future_steps,
-            num_agents=num_agents,
-            num_polylines=num_polylines,
-            points_per_polyline=points_per_polyline,
-            num_modes=num_modes,
-            pos_scale=pos_scale,
-            vel_scale=vel_scale,
-        )
+        super().__init__(**sizes)
         d = int(width)
         self.agent_embed = nn.Linear(N_AGENT_FEATURES, d)
         self.register_buffer("history_time", sinusoid(self.history_steps, d), persistent=False)
@@ -528,37 +491,32 @@ class Wayformer(MotionModel):
         ``K`` learned mode queries; per layer: self-attention among the modes, cross-attention to
         the latents, feed-forward. An MLP maps each mode query to its ``Tf`` x 5 Gaussian
         parameters and a linear layer to its logit.
+
+    Parameters
+    ----------
+    width, heads, num_latents, enc_layers, dec_layers, ffn_mult : int
+        Model width ``D``, attention heads (dividing ``D``), latent queries, latent
+        self-attention and decoder layers, and feed-forward width over ``D`` (per size
+        preset: :data:`PRESETS`).
+    dropout : float, default 0.0
+        Dropout of the attention weights and of the residual branches (training mode only).
+    **sizes
+        The keyword arguments of :class:`MotionModel`: data sizes, ``num_modes``, scales.
     """
 
     def __init__(
         self,
         *,
-        width: int = 112,
-        heads: int = 4,
-        num_latents: int = 16,
-        enc_layers: int = 2,
-        dec_layers: int = 2,
-        ffn_mult: int = 4,
-        num_modes: int = 6,
-        history_steps: int = 21,
-        future_steps: int = 60,
-        num_agents: int = 8,
-        num_polylines: int = 32,
-        points_per_polyline: int = 10,
+        width: int,
+        heads: int,
+        num_latents: int,
+        enc_layers: int,
+        dec_layers: int,
+        ffn_mult: int,
         dropout: float = 0.0,
-        pos_scale: float = 10.0,
-        vel_scale: float = 10.0,
+        **sizes: Any,
     ) -> None:
-        super().__init__(
-            history_steps=history_steps,
-            future_steps=future_steps,
-            num_agents=num_agents,
-            num_polylines=num_polylines,
-            points_per_polyline=points_per_polyline,
-            num_modes=num_modes,
-            pos_scale=pos_scale,
-            vel_scale=vel_scale,
-        )
+        super().__init__(**sizes)
         if int(num_latents) < 1:
             raise TarotInputError(f"motion model: num_latents must be >= 1, got {num_latents}")
         d = int(width)

@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 
 from ...errors import TarotInputError
 from ..settings import Settings, TaskSettings, setting
+from .presets import PRESETS
 from .scenarionet import list_scenarios
 
 __all__ = [
@@ -36,34 +37,8 @@ __all__ = [
 Style = Literal["womd", "av2", "nuplan", "glitch", "nuscenes"]
 Arch = Literal["autobots", "wayformer"]
 
-#: Size presets of :func:`.models.build_model`, copied here so that this module stays
-#: torch-free (a test keeps the two tables equal).
-MODEL_PRESETS: Final[dict[str, dict[str, dict[str, int]]]] = {
-    "autobots": {
-        "mini": {"width": 32, "heads": 4, "enc_layers": 2, "dec_layers": 2, "ffn_mult": 2, "num_modes": 6},
-        "paper": {"width": 128, "heads": 16, "enc_layers": 2, "dec_layers": 2, "ffn_mult": 3, "num_modes": 6},
-    },
-    "wayformer": {
-        "mini": {
-            "width": 112,
-            "heads": 4,
-            "num_latents": 16,
-            "enc_layers": 2,
-            "dec_layers": 2,
-            "ffn_mult": 4,
-            "num_modes": 6,
-        },
-        "paper": {
-            "width": 256,
-            "heads": 4,
-            "num_latents": 192,
-            "enc_layers": 6,
-            "dec_layers": 8,
-            "ffn_mult": 4,
-            "num_modes": 6,
-        },
-    },
-}
+#: Size presets of :func:`.models.build_model` (the one table, in the torch-free :mod:`.presets`).
+MODEL_PRESETS: Final[dict[str, dict[str, dict[str, int]]]] = PRESETS
 
 #: Styles that cannot be the synthetic target (their futures are wrong on purpose).
 _NOT_TARGET: Final[tuple[str, ...]] = ("glitch",)
@@ -232,9 +207,7 @@ class MotionSettings(TaskSettings):
         None, doc="scenarionet: source name -> ScenarioNet folder of candidates"
     )
     target_root: str | None = setting(None, doc="scenarionet: ScenarioNet folder of the targets (nuScenes train)")
-    evaluation_root: str | None = setting(
-        None, doc="scenarionet: ScenarioNet folder of the evaluation (nuScenes val)"
-    )
+    evaluation_root: str | None = setting(None, doc="scenarionet: ScenarioNet folder of the evaluation (nuScenes val)")
     n_candidates: int | None = setting(
         None, minimum=1, doc="scenarionet: samples per source at most, from a seeded scenario order (null: all)"
     )

@@ -21,18 +21,19 @@ import torch
 from torch import nn
 
 from ...errors import TarotInputError
-from ...io import atomic_path, library_versions, write_json_atomic
+from ...io import library_versions, write_json_atomic
 from .._config import seeded
 from .._training import (
     EpochLog,
-    check_indices,
-    check_seed,
-    check_weights,
+    IndexBatches,
+    batch_of,
+    check_request,
     cosine_lr,
     cpu_state,
     epoch_order,
-    set_lr,
-    to_cpu,
+    evaluated_epochs,
+    train_epochs,
+    train_proxy_pool,
 )
 from ..base import SPLITS, Metric, ProxyCheckpoint, Task, TaskData
 from .agent_centric import CutConfig, cut_scenario
@@ -111,61 +112,6 @@ class MotionDataset(torch.utils.data.Dataset):
                 arr[rows] = getattr(self.parts[k], name)[idx[rows] - self.offsets[k]]
             out[name] = torch.from_numpy(arr)
         return out
-
-
-def batch_of(dataset: Any, idx: np.ndarray) -> dict[str, torch.Tensor]:
-    """Items ``idx`` of a :class:`MotionDataset` (or a ``Subset`` of one, or any dataset of
-    dict items), stacked into a batch dict."""
-    idx = np.asarray(idx, dtype=np.int64)
-    if hasattr(dataset, "batch"):
-        return dataset.batch(idx)
-    if isinstance(dataset, torch.utils.data.Subset):
-        return batch_of(dataset.dataset, np.asarray(dataset.indices, dtype=np.int64)[idx])
-    items = [dataset[int(i)] for i in idx]
-    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
-
-
-class _Joined:
-    """Several datasets indexed as one (candidates ∪ targets for the proxy)."""
-
-    def __init__(self, parts: Sequence[torch.utils.data.Dataset]) -> None:
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        idx = np.asarray(idx, dtype=np.int64)
-        which = np.searchsorted(self.offsets, idx, side="right") - 1
-        pieces: dict[str, list[tuple[np.ndarray, torch.Tensor]]] = {}
-        for k in np.unique(which):
-            rows = np.flatnonzero(which == k)
-            for name, t in batch_of(self.parts[k], idx[rows] - self.offsets[k]).items():
-                pieces.setdefault(name, []).append((rows, t))
-        out = {}
-        for name, chunks in pieces.items():
-            first = chunks[0][1]
-            full = torch.empty((len(idx), *first.shape[1:]), dtype=first.dtype)
-            for rows, t in chunks:
-                full[torch.from_numpy(rows)] = t
-            out[name] = full
-        return out
-
-
-class _Batches:
-    """Re-iterable batches (dicts) of a dataset in index order (gradient dumping)."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int) -> None:
-        self.dataset, self.batch_size = dataset, max(1, int(batch_size))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        n = len(self.dataset)  # type: ignore[arg-type]
-        for start in range(0, n, self.batch_size):
-            yield batch_of(self.dataset, np.arange(start, min(start + self.batch_size, n)))
 
 
 def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -249,9 +195,7 @@ def _cut_stream(paths: Iterable[str], cfg: CutConfig, source: str, workers: int)
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _cut_into(
-    writer: _PartWriter, entries: Sequence[ScenarioEntry], quota: int | None, workers: int, what: str
-) -> int:
+def _cut_into(writer: _PartWriter, entries: Sequence[ScenarioEntry], quota: int | None, workers: int, what: str) -> int:
     """Cut ``entries`` in order into ``writer`` until ``quota`` samples (None: all); returns
     the number of scenarios cut."""
     used = 0
@@ -271,14 +215,6 @@ def _cut_into(
 
 
 # --------------------------------------------------------------------------- model records
-
-
-def _record_rows(epochs: int, every: int, final: bool) -> list[int]:
-    """Epochs (1-based) evaluated during a training: every ``every``-th, and the last when ``final``."""
-    rows = [e for e in range(1, epochs + 1) if every > 0 and e % every == 0]
-    if final and epochs not in rows:
-        rows.append(epochs)
-    return rows
 
 
 def _with_records(model: MotionModel, rows: Mapping[str, int]) -> MotionModel:
@@ -313,6 +249,13 @@ class MotionTask(Task):
     seed : int
         Seeds the synthetic scenes or the ScenarioNet scenario orders, the proxy's
         initialisation and its shuffling.
+
+    Attributes
+    ----------
+    output_description : str
+        What DsDm scores on this task (the reports quote it): gradients of the model output
+        :math:`f = -L` (:meth:`output_fn`), whose out-to-loss factor is 1 (:math:`Q = I`,
+        :meth:`train_weights`).
     """
 
     name = "motion"
@@ -337,6 +280,15 @@ class MotionTask(Task):
             ]
         #: What :meth:`evaluate` returns first; ``downstream.primary`` picks the tables' metric.
         self.metrics = (*first, *rest)
+
+    def architectures(self) -> dict[str, str]:
+        """Names of the models the run records describe (the tables' transfer columns):
+        ``downstream`` (``downstream.model.arch``) and, with ``downstream.also_proxy_arch``,
+        ``proxy_arch`` (``proxy.model.arch``, trained on the same selections)."""
+        names = {"downstream": self.options.downstream.model.arch}
+        if self.options.downstream.also_proxy_arch:
+            names["proxy_arch"] = self.options.proxy.model.arch
+        return names
 
     # ------------------------------------------------------------------ data
     @property
@@ -506,9 +458,9 @@ class MotionTask(Task):
 
     def _records(self) -> dict[str, int]:
         d = self.options.downstream
-        rows = {"eval_record": len(_record_rows(d.epochs, d.eval_every, final=False))}
+        rows = {"eval_record": len(evaluated_epochs(d.epochs, d.eval_every, final=False))}
         if d.also_proxy_arch:
-            rows["proxy_arch_record"] = len(_record_rows(d.epochs, d.eval_every, final=True))
+            rows["proxy_arch_record"] = len(evaluated_epochs(d.epochs, d.eval_every, final=True))
         return rows
 
     def downstream_model(self) -> nn.Module:
@@ -518,7 +470,7 @@ class MotionTask(Task):
 
     def gradient_batches(self, dataset: torch.utils.data.Dataset, batch_size: int = 64) -> Any:
         """Batch dicts of ``dataset`` in index order (array slices, no worker processes)."""
-        return _Batches(dataset, batch_size)
+        return IndexBatches(dataset, batch_size)
 
     def loss_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
         """:func:`.losses.loss_fn`: the winner-takes-all loss (Gaussian NLL of the best mode,
@@ -527,6 +479,8 @@ class MotionTask(Task):
         return loss_fn(forward, sample)
 
     # ----------------------------------------------------- model outputs (LDS)
+    output_description: str = "model-output gradients of the negative per-sample loss f = -L, Q = I"
+
     def output_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
         """The model output of a regression task: the negative per-sample loss,
         :math:`f(z) = -L(z)` (so that a larger output is a better prediction, as the margin
@@ -551,7 +505,7 @@ class MotionTask(Task):
         dataset = data.split(split)
         parts = []
         with torch.no_grad():
-            for batch in _Batches(dataset, _EVAL_BATCH):
+            for batch in IndexBatches(dataset, _EVAL_BATCH):
                 b = _to(batch, device)
                 parts.append(-wta_loss(model(b), b["future"], b["future_mask"]).double().cpu())
         return torch.cat(parts).numpy()
@@ -575,38 +529,43 @@ class MotionTask(Task):
         on_epoch: Callable[[int, float, float, torch.optim.Optimizer], None],
     ) -> None:
         """Train ``model`` for ``cfg["epochs"]`` epochs over ``fetch(order_of_epoch())`` in
-        mini-batches: AdamW (Adam for ``weight_decay`` 0) on the mean :func:`.losses.batch_loss`,
-        the learning rate of epoch ``e`` is ``lr (1 + cos(pi e / E)) / 2``, and the gradient's
-        global norm is clipped to ``grad_clip`` (0: not clipped). Dropout draws from torch's
-        generator seeded from ``rng`` (the global generator is restored). Calls
-        ``on_epoch(epoch, lr, mean loss, optimizer)`` after each epoch (0-based)."""
+        mini-batches (:func:`~tarot_select.tasks._training.train_epochs`): AdamW (Adam for
+        ``weight_decay`` 0) on the mean :func:`.losses.batch_loss`, the learning rate of epoch
+        ``e`` is ``lr (1 + cos(pi e / E)) / 2``, and the gradient's global norm is clipped to
+        ``grad_clip`` (0: not clipped). Dropout draws from torch's generator seeded from ``rng``
+        (the global generator is restored). Calls ``on_epoch(epoch, lr, mean loss, optimizer)``
+        after each epoch (0-based)."""
         device = self.context.torch_device
         model.to(device)
-        optimizer = torch.optim.AdamW(
-            list(model.named_parameters()), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"])
+        base, epochs, batch_size = float(cfg["lr"]), int(cfg["epochs"]), int(cfg["batch_size"])
+        optimizer = torch.optim.AdamW(list(model.named_parameters()), lr=base, weight_decay=float(cfg["weight_decay"]))
+
+        def batches(_: int) -> list[np.ndarray]:
+            order = order_of_epoch()
+            return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+        def loss_of(idx: np.ndarray) -> torch.Tensor:
+            b = _to(fetch(idx), device)
+            return batch_loss(model(b), b["future"], b["future_mask"])
+
+        def lr_of(epoch: int, _: int = 0) -> float:
+            return cosine_lr(base, epoch, epochs)
+
+        def end(epoch: int, _: float, loss: float, opt: torch.optim.Optimizer) -> None:
+            on_epoch(epoch, lr_of(epoch), loss, opt)  # the epoch's rate itself, not a mean of equal floats
+
+        train_epochs(
+            model,
+            optimizer,
+            batches,
+            loss_of,
+            lr_of,
+            log=log,
+            rng=rng,
+            device=device,
+            on_epoch=end,
+            grad_clip=float(cfg["grad_clip"]),
         )
-        clip = float(cfg["grad_clip"])
-        batch_size = int(cfg["batch_size"])
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(rng.integers(2**62)))
-            for epoch in log:
-                order = order_of_epoch()
-                lr = cosine_lr(float(cfg["lr"]), epoch, int(cfg["epochs"]))
-                set_lr(optimizer, lr)
-                model.train()
-                total, seen = 0.0, 0
-                for start in range(0, len(order), batch_size):
-                    idx = order[start : start + batch_size]
-                    b = _to(fetch(idx), device)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = batch_loss(model(b), b["future"], b["future_mask"])
-                    loss.backward()
-                    if clip > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                    optimizer.step()
-                    total += float(loss.detach()) * len(idx)
-                    seen += len(idx)
-                on_epoch(epoch, lr, total / max(seen, 1), optimizer)
 
     def train_proxy(self, data: TaskData, out_dir: Path, progress: bool = False) -> list[ProxyCheckpoint]:
         """Train the proxy on candidates ∪ targets (``proxy`` settings).
@@ -617,24 +576,9 @@ class MotionTask(Task):
         learning rate. Shuffling is seeded by the task seed; one log line per epoch.
         """
         cfg = self.settings["proxy"]
-        pool = _Joined([data.candidates, data.targets])
-        rng = np.random.default_rng([self.seed, _STREAM_PROXY])
-        model = self.proxy_model()
-        first_saved = cfg["epochs"] - cfg["checkpoints"]
-        saved: list[ProxyCheckpoint] = []
         log = EpochLog(logger, f"{self.name} proxy", cfg["epochs"], self.context.progress)
-
-        def on_epoch(epoch: int, lr: float, loss: float, optimizer: torch.optim.Optimizer) -> None:
-            log.end(loss, lr)
-            if epoch < first_saved:
-                return
-            path = Path(out_dir) / f"ckpt_{epoch + 1}.pt"
-            with atomic_path(path) as tmp:
-                torch.save({"model": cpu_state(model), "optimizer": to_cpu(optimizer.state_dict())}, tmp)
-            saved.append(ProxyCheckpoint(path=str(path), lr=lr, epoch=epoch + 1, extra={"train_loss": loss}))
-
-        self._fit(model, pool.batch, lambda: rng.permutation(len(pool)), cfg, log, rng, on_epoch)
-        return saved
+        rng = np.random.default_rng([self.seed, _STREAM_PROXY])
+        return train_proxy_pool(self._fit, self.proxy_model(), data, cfg, rng, out_dir, log)
 
     def _train_one(
         self,
@@ -651,7 +595,7 @@ class MotionTask(Task):
         """One downstream training of ``model``; evaluations fill its buffer ``record``."""
         cfg = self.settings["downstream"]
         every, epochs = int(cfg["eval_every"]), int(cfg["epochs"])
-        rows = _record_rows(epochs, every, final)
+        rows = evaluated_epochs(epochs, every, final)
         rng = np.random.default_rng([seed, _STREAM_DOWNSTREAM])
         log = EpochLog(logger, f"{self.name} {stage}", epochs, self.context.progress)
         filled = 0
@@ -697,12 +641,7 @@ class MotionTask(Task):
             :meth:`downstream_model` (the LDS benchmark relies on that) and is what
             :meth:`evaluate` takes.
         """
-        if split not in SPLITS:
-            raise TarotInputError(f"motion: unknown split {split!r}; one of {SPLITS}")
-        seed = check_seed(seed, "motion")
-        dataset = data.split(split)
-        idx = check_indices(indices, len(dataset), split, "motion")  # type: ignore[arg-type]
-        w = check_weights(weights, len(idx), "motion")
+        dataset, idx, w, seed = check_request(data, split, indices, weights, seed, "motion")
         fetch = functools.partial(batch_of, dataset)
         records = self._records()
         model = _with_records(seeded(functools.partial(self._build, self.options.downstream.model), seed), records)
@@ -724,7 +663,7 @@ class MotionTask(Task):
         acc = MotionMetrics()
         try:
             with torch.no_grad():
-                for batch in _Batches(dataset, _EVAL_BATCH):
+                for batch in IndexBatches(dataset, _EVAL_BATCH):
                     b = _to(batch, device)
                     acc.update(model(b), b["future"], b["future_mask"])
         finally:
@@ -734,7 +673,7 @@ class MotionTask(Task):
     def constant_velocity_scores(self, dataset: torch.utils.data.Dataset) -> dict[str, float]:
         """The metrics of constant-velocity extrapolation of the focal agent on ``dataset``."""
         acc = MotionMetrics()
-        for batch in _Batches(dataset, _EVAL_BATCH):
+        for batch in IndexBatches(dataset, _EVAL_BATCH):
             pred = constant_velocity(batch["agents"], batch["agents_mask"], batch["future"].shape[1], self._cut.dt)
             acc.update(pred, batch["future"], batch["future_mask"])
         return acc.compute()
@@ -776,4 +715,3 @@ class MotionTask(Task):
                 out[f"proxy_arch_{m}"] = other[m]
             out["proxy_arch_best_brier_min_fde"], out["proxy_arch_best_epoch"] = _best(record, other, epochs)
         return out
-

@@ -8,8 +8,7 @@ import contextlib
 import functools
 import json
 import logging
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,13 +22,14 @@ from ...io import atomic_path, integrity_of, library_versions, load_npy, sidecar
 from .._config import seeded
 from .._training import (
     EpochLog,
-    check_indices,
-    check_seed,
-    check_weights,
+    IndexBatches,
+    batch_of,
+    check_request,
     cpu_state,
     epoch_order,
-    set_lr,
-    to_cpu,
+    evaluated_epochs,
+    train_epochs,
+    train_proxy_pool,
 )
 from ..base import SPLITS, Metric, ProxyCheckpoint, Task, TaskData
 from .data import ALL_STYLES, synthesize
@@ -90,54 +90,6 @@ class SegmentationArrays(torch.utils.data.Dataset):
         """Items ``idx`` stacked: ``(uint8 (b, 3, H, W), int64 (b, H, W))``."""
         idx = np.asarray(idx, dtype=np.int64)
         return torch.from_numpy(np.asarray(self.images[idx])), torch.from_numpy(self.labels[idx].astype(np.int64))
-
-
-class _Joined:
-    """Several :class:`SegmentationArrays` indexed as one (candidates ∪ targets for the proxy)."""
-
-    def __init__(self, parts: Sequence[torch.utils.data.Dataset]) -> None:
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.asarray(idx, dtype=np.int64)
-        which = np.searchsorted(self.offsets, idx, side="right") - 1
-        xs: list[torch.Tensor | None] = [None] * len(idx)
-        ys: list[torch.Tensor | None] = [None] * len(idx)
-        for k in np.unique(which):
-            rows = np.flatnonzero(which == k)
-            x, y = _batch_of(self.parts[k], idx[rows] - self.offsets[k])
-            for j, r in enumerate(rows):
-                xs[r], ys[r] = x[j], y[j]
-        return torch.stack(xs), torch.stack(ys)  # type: ignore[arg-type]
-
-
-def _batch_of(dataset: Any, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Items ``idx`` of any dataset of ``(x, y)`` items, stacked (fast for :class:`SegmentationArrays`)."""
-    if hasattr(dataset, "batch"):
-        return dataset.batch(idx)
-    if isinstance(dataset, torch.utils.data.Subset):
-        return _batch_of(dataset.dataset, np.asarray(dataset.indices, dtype=np.int64)[idx])
-    items = [dataset[int(i)] for i in idx]
-    return torch.stack([torch.as_tensor(it[0]) for it in items]), torch.stack([torch.as_tensor(it[1]) for it in items])
-
-
-class _Batches:
-    """Re-iterable batches ``(x, y)`` of a dataset in index order (gradient dumping)."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int) -> None:
-        self.dataset, self.batch_size = dataset, max(1, int(batch_size))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.dataset)  # type: ignore[arg-type]
-        for start in range(0, n, self.batch_size):
-            yield _batch_of(self.dataset, np.arange(start, min(start + self.batch_size, n)))
 
 
 def _batches_of_order(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -382,7 +334,7 @@ class SegmentationTask(Task):
 
     def gradient_batches(self, dataset: torch.utils.data.Dataset, batch_size: int = 64) -> Any:
         """Batches ``(uint8 images, int64 labels)`` of ``dataset`` in index order (array slices)."""
-        return _Batches(dataset, batch_size)
+        return IndexBatches(dataset, batch_size)
 
     def loss_fn(self, forward: Callable[..., Any], sample: Any) -> torch.Tensor:
         """Sum over the batch of :func:`pixel_losses` of ``forward(x)``: for a sample ``(x, y)``
@@ -408,12 +360,13 @@ class SegmentationTask(Task):
         on_epoch: Callable[[int, float, float, torch.optim.Optimizer], None],
     ) -> None:
         """Train ``model`` for ``cfg["epochs"]`` epochs, each over ``fetch(order_of_epoch())`` in
-        mini-batches, with the optimizer of ``cfg`` and the poly learning rate per step.
+        mini-batches (:func:`_batches_of_order`, :func:`~tarot_select.tasks._training.train_epochs`),
+        with the optimizer of ``cfg`` and the poly learning rate per step.
 
         The dropout of the ASPP head draws from torch's generator, seeded from ``rng`` for the
         training (the global generator is restored afterwards), so a training is a function of
-        its seed. Calls ``on_epoch(epoch, mean lr, mean loss, optimizer)`` after every epoch
-        (``epoch`` 0-based).
+        its seed. The first epoch's order is drawn from ``rng`` before that seed. Calls
+        ``on_epoch(epoch, mean lr, mean loss, optimizer)`` after every epoch (``epoch`` 0-based).
         """
         device = self.context.torch_device
         model.to(device)
@@ -424,32 +377,23 @@ class SegmentationTask(Task):
             )
         else:
             optimizer = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        order = order_of_epoch()
-        per_epoch = len(_batches_of_order(order, int(cfg["batch_size"])))
-        total = int(cfg["epochs"]) * per_epoch
-        step = 0
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(rng.integers(2**62)))
-            for epoch in log:
-                if epoch > 0:
-                    order = order_of_epoch()
-                model.train()
-                lr_sum, loss_sum, seen = 0.0, 0.0, 0
-                for idx in _batches_of_order(order, int(cfg["batch_size"])):
-                    x, y = fetch(idx)
-                    lr = _poly_lr(float(cfg["lr"]), min(step, total - 1), total, float(cfg["poly_power"]))
-                    set_lr(optimizer, lr)
-                    optimizer.zero_grad(set_to_none=True)
-                    with self._autocast(device, cfg):
-                        out = model(x.to(device))
-                    loss = _batch_loss(out, y.to(device))
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    lr_sum += lr
-                    loss_sum += float(loss.detach()) * len(idx)
-                    seen += len(idx)
-                on_epoch(epoch, lr_sum / per_epoch, loss_sum / max(seen, 1), optimizer)
+        batch_size = int(cfg["batch_size"])
+        first = order_of_epoch()
+        total = int(cfg["epochs"]) * len(_batches_of_order(first, batch_size))
+
+        def batches(epoch: int) -> list[np.ndarray]:
+            return _batches_of_order(first if epoch == 0 else order_of_epoch(), batch_size)
+
+        def loss_of(idx: np.ndarray) -> torch.Tensor:
+            x, y = fetch(idx)
+            with self._autocast(device, cfg):
+                out = model(x.to(device))
+            return _batch_loss(out, y.to(device))
+
+        def lr_at(_: int, step: int) -> float:
+            return _poly_lr(float(cfg["lr"]), min(step, total - 1), total, float(cfg["poly_power"]))
+
+        train_epochs(model, optimizer, batches, loss_of, lr_at, log=log, rng=rng, device=device, on_epoch=on_epoch)
 
     def train_proxy(self, data: TaskData, out_dir: Path, progress: bool = False) -> list[ProxyCheckpoint]:
         """Train the proxy on candidates ∪ targets (``proxy`` settings: Adam by default, poly lr).
@@ -461,24 +405,9 @@ class SegmentationTask(Task):
         and logs one line per epoch (``progress`` is ignored: the context decides on a bar).
         """
         cfg = self.settings["proxy"]
-        pool = _Joined([data.candidates, data.targets])
-        rng = np.random.default_rng([self.seed, _STREAM_PROXY])
-        model = self.proxy_model()
-        first_saved = cfg["epochs"] - cfg["checkpoints"]
-        saved: list[ProxyCheckpoint] = []
         log = EpochLog(logger, f"{self.name} proxy", cfg["epochs"], self.context.progress)
-
-        def on_epoch(epoch: int, lr: float, loss: float, optimizer: torch.optim.Optimizer) -> None:
-            log.end(loss, lr)
-            if epoch < first_saved:
-                return
-            path = Path(out_dir) / f"ckpt_{epoch + 1}.pt"
-            with atomic_path(path) as tmp:
-                torch.save({"model": cpu_state(model), "optimizer": to_cpu(optimizer.state_dict())}, tmp)
-            saved.append(ProxyCheckpoint(path=str(path), lr=lr, epoch=epoch + 1, extra={"train_loss": loss}))
-
-        self._fit(model, pool.batch, lambda: rng.permutation(len(pool)), cfg, log, rng, on_epoch)
-        return saved
+        rng = np.random.default_rng([self.seed, _STREAM_PROXY])
+        return train_proxy_pool(self._fit, self.proxy_model(), data, cfg, rng, out_dir, log)
 
     def train_downstream(
         self,
@@ -507,22 +436,17 @@ class SegmentationTask(Task):
             evaluation's confusion matrices (``final_confusion``, ``final_group_confusions``),
             which :meth:`evaluate` then reuses instead of a second pass over the split.
         """
-        if split not in SPLITS:
-            raise TarotInputError(f"segmentation: unknown split {split!r}; one of {SPLITS}")
-        seed = check_seed(seed, "segmentation")
-        dataset = data.split(split)
-        idx = check_indices(indices, len(dataset), split, "segmentation")  # type: ignore[arg-type]
-        w = check_weights(weights, len(idx), "segmentation")
+        dataset, idx, w, seed = check_request(data, split, indices, weights, seed, "segmentation")
         cfg = self.settings["downstream"]
         model = seeded(functools.partial(build_model, self.settings["model"]), seed)
         rng = np.random.default_rng([seed, _STREAM_DOWNSTREAM])
-        every = int(cfg["eval_every"])
+        evaluated = evaluated_epochs(int(cfg["epochs"]), int(cfg["eval_every"]))
         history: dict[str, list[float]] = {"epoch": [], "miou": [], "pixel_accuracy": []}
         log = EpochLog(logger, f"{self.name} downstream", cfg["epochs"], self.context.progress)
-        fetch = functools.partial(_batch_of, dataset)
+        fetch = functools.partial(batch_of, dataset)
 
         def on_epoch(epoch: int, lr: float, loss: float, _: torch.optim.Optimizer) -> None:
-            if every > 0 and (epoch + 1) % every == 0:
+            if epoch + 1 in evaluated:
                 total, per = self._confusions(model, data.evaluation)
                 scores = scores_from_confusion(total)
                 if epoch + 1 == cfg["epochs"]:  # the final model's evaluation, for evaluate()
@@ -556,7 +480,7 @@ class SegmentationTask(Task):
             with torch.no_grad():
                 for start in range(0, len(dataset), batch):  # type: ignore[arg-type]
                     rows = np.arange(start, min(start + batch, len(dataset)))  # type: ignore[arg-type]
-                    x, y = _batch_of(dataset, rows)
+                    x, y = batch_of(dataset, rows)
                     with self._autocast(device, self.settings["downstream"]):
                         pred = model(x.to(device)).argmax(1).cpu()
                     total += confusion_matrix(pred, y)
