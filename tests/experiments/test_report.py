@@ -306,6 +306,103 @@ def test_lower_is_better_spec_marks_smallest_mean(tmp_path):
     _assert_png(png)
 
 
+def _transfer_records(tmp_path, architectures=None):
+    """Brier runs whose records also hold the proxy architecture's metric on the same selection."""
+    values = {  # (method, ratio_label, seed): (downstream, proxy architecture)
+        ("a", "10%", 0): (1.0, 3.0),
+        ("a", "10%", 1): (1.2, 3.4),
+        ("b", "10%", 0): (1.5, 2.0),
+        ("b", "10%", 1): (1.7, 2.2),
+        ("full", "full", 0): (0.9, 0.5),
+    }
+    extra = {"architectures": architectures} if architectures else {}
+    return [
+        _run_file(
+            tmp_path / f"{m}_{s}.json",
+            method=m,
+            seed=s,
+            ratio=0.1 if lab == "10%" else 1.0,
+            ratio_label=lab,
+            metrics={"brier_minfde": d, "proxy_arch_brier_minfde": p},
+            metric="brier_minfde",
+            metric_spec=BRIER,
+            **extra,
+        )
+        for (m, lab, s), (d, p) in values.items()
+    ]
+
+
+def _section(text: str, start: str) -> list[str]:
+    """The Markdown table rows of the paragraph that starts with ``start``."""
+    block = text.split(start, 1)[1].split("\n\n")[1]
+    return [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| selection")]
+
+
+def test_transfer_table_sets_each_selection_under_both_architectures(tmp_path):
+    arch = {"downstream": "wayformer", "proxy_arch": "autobots"}
+    report.write_task_tables(_transfer_records(tmp_path, arch), tmp_path / "t.csv", tmp_path / "t.md", "traj")
+    text = (tmp_path / "t.md").read_text(encoding="utf-8")
+    assert "downstream model (wayformer) and with the proxy's architecture (autobots)" in text
+    assert "| selection | wayformer | autobots |" in text
+    rows = _section(text, "Transfer:")
+    # a wins at 10% with the downstream architecture (1.10 < 1.60), b with the proxy's (2.10 < 3.20)
+    assert rows == [
+        "| a 10% | **1.10 ± 0.14** | 3.20 ± 0.28 |",
+        "| b 10% | 1.60 ± 0.14 | **2.10 ± 0.14** |",
+        "| full | 0.900 (n=1) | 0.500 (n=1) |",
+    ]
+    # the main table and its CSV still hold the downstream metric only
+    assert "**1.10 ± 0.14**" in _md_row(text, "a")
+    assert sorted(pd.read_csv(tmp_path / "t.csv")["mean"].round(3)) == [0.9, 1.1, 1.6]
+
+
+def test_transfer_table_has_a_column_per_other_model(tmp_path):
+    records = _transfer_records(tmp_path, {"downstream": "llama", "transfer": "qwen", "proxy_arch": "llama"})
+    for path in records:  # a second model family trained on the same selections: transfer_<metric>
+        rec = json.loads(path.read_text())
+        rec["metrics"]["transfer_brier_minfde"] = rec["metrics"]["brier_minfde"] + 10.0
+        path.write_text(json.dumps(rec))
+    report.write_task_tables(records, tmp_path / "t.csv", tmp_path / "t.md", "traj")
+    text = (tmp_path / "t.md").read_text(encoding="utf-8")
+    assert "with the transfer model (qwen) and with the proxy's architecture (llama)" in text
+    assert "| selection | llama | qwen | llama |" in text
+    assert _section(text, "Transfer:")[0] == "| a 10% | **1.10 ± 0.14** | **11.1 ± 0.1** | 3.20 ± 0.28 |"
+
+
+def test_no_transfer_table_without_proxy_architecture_metrics(tmp_path):
+    report.write_task_tables(_brier_records(tmp_path), tmp_path / "t.csv", tmp_path / "t.md", "traj")
+    assert "Transfer" not in (tmp_path / "t.md").read_text(encoding="utf-8")
+
+
+def test_share_of_each_source_kept_by_each_selection(tmp_path):
+    sizes = {"source": {"womd": 10, "av2": 20, "nuplan": 40}}
+    records = [
+        _run_file(
+            tmp_path / f"{m}.json",
+            method=m,
+            ratio=r,
+            ratio_label=lab,
+            composition={"source": comp},
+            group_sizes=sizes,
+            group_totals={"source": 3},
+        )
+        for m, r, lab, comp in [
+            ("tarot", 0.1, "10%", {"womd": 3, "av2": 4}),
+            ("random", 0.1, "10%", {"womd": 1, "av2": 2, "nuplan": 4}),
+            ("otm", 0.5, "OTM", {"womd": 5, "av2": 10, "nuplan": 20}),
+        ]
+    ]
+    report.write_task_tables(records, tmp_path / "t.csv", tmp_path / "t.md", "traj")
+    text = (tmp_path / "t.md").read_text(encoding="utf-8")
+    assert "womd: 10" in text and "all: 70" in text and "| selection | av2 | nuplan | womd | all |" in text
+    assert _section(text, "Share of each source's pool") == [
+        "| random 10% | 10 | 10 | 10 | 10.0 |",
+        "| tarot 10% | 20 | 0 | 30 | 10.0 |",
+        "| otm | 50 | 50 | 50 | 50.0 |",
+    ]
+    assert "largest group's share" not in text  # the share table replaces the summary for few groups
+
+
 def test_collect_runs_requires_a_metric_spec(tmp_path):
     good = _run_file(tmp_path / "good.json")
     old = tmp_path / "old.json"

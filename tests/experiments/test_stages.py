@@ -173,6 +173,11 @@ def test_a_selection_records_its_source_and_class_composition(prepared, feature_
     labels = stages.load_data(task, feature_files["data"]).candidates.tensors[1].numpy()
     assert meta["group_totals"] == {"source": 2, "class": len(np.unique(labels))}
     assert len(meta["composition"]["class"]) <= meta["group_totals"]["class"]
+    groups = task.candidate_groups(stages.load_data(task, feature_files["data"]))
+    for kind, labels in groups.items():
+        values, counts = np.unique(labels, return_counts=True)
+        assert meta["group_sizes"][kind] == {str(v): int(c) for v, c in zip(values, counts)}
+        assert all(meta["composition"][kind][g] <= meta["group_sizes"][kind][g] for g in meta["composition"][kind])
 
 
 def test_dsdm_scores_trak_datamodels_of_the_margin_when_the_task_has_outputs(prepared, feature_files, tmp_path):

@@ -62,6 +62,7 @@ __all__ = [
     "setup_stage",
     "shard_rows",
     "stage",
+    "task_architectures",
     "train_downstream",
     "train_proxy",
     "whiten_features",
@@ -455,14 +456,23 @@ VARIANTS: dict[str, str] = {
 
 def composition(indices: np.ndarray, groups: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """What a selection is made of: per kind of group (``source``, ``class``), the count of
-    each group among the selected candidates and the number of groups in the pool."""
+    each group among the selected candidates (``composition``), the number of groups in the
+    pool (``group_totals``) and each group's size in the pool (``group_sizes``), so that a
+    table can say which share of every source a selection kept."""
     if not groups:
         return {}
-    counts = {}
+    counts, sizes = {}, {}
     for kind, labels in groups.items():
-        values, n = np.unique(np.asarray(labels)[indices], return_counts=True)
+        labels = np.asarray(labels)
+        values, n = np.unique(labels[indices], return_counts=True)
         counts[kind] = {str(v): int(c) for v, c in zip(values, n)}
-    return {"composition": counts, "group_totals": {k: len(np.unique(v)) for k, v in groups.items()}}
+        values, n = np.unique(labels, return_counts=True)
+        sizes[kind] = {str(v): int(c) for v, c in zip(values, n)}
+    return {
+        "composition": counts,
+        "group_totals": {k: len(v) for k, v in sizes.items()},
+        "group_sizes": sizes,
+    }
 
 
 def make_selection(
@@ -474,6 +484,7 @@ def make_selection(
     target_groups: np.ndarray | None = None,
     candidate_groups: Mapping[str, np.ndarray] | None = None,
     train_weights: np.ndarray | None = None,
+    output_description: str | None = None,
 ) -> Selection:
     """Run one selection and write ``index,weight`` CSV + sidecar.
 
@@ -482,6 +493,9 @@ def make_selection(
     lists, used by ``tarot``/``otm``) to files. ``method`` may also be ``full`` / ``target_only`` (all
     candidates / all targets), ``tarot_weighted`` (TAROT + OT-potential weights) or
     ``tarot_concat`` (TAROT; its ``wfd_*`` files whiten concatenated checkpoint blocks).
+    ``output_description`` says what DsDm's model-output features are (the task's
+    ``output_description``, e.g. the classifiers' margin with :math:`Q = \\mathrm{diag}(1 - p_y)`);
+    it goes into the sidecar and the table's footnote.
     """
     cand = load_features(features["candidates"])
     targ = load_features(features["targets"])
@@ -507,7 +521,7 @@ def make_selection(
         raw_cand = load_features(features["candidates_adam"])
     elif base == "dsdm" and "candidates_output" in features:  # TRAK datamodels: margin gradients, Q
         raw_cand, raw_targ = load_features(features["candidates_output"]), load_features(features["targets_output"])
-        meta["dsdm_features"] = "model-output (margin) gradients, Q = diag(1 - p_y)"
+        meta["dsdm_features"] = output_description or "model-output gradients, Q from the task's train_weights"
     elif base == "dsdm":
         meta["dsdm_features"] = "loss gradients, Q = I (the task has no model outputs)"
     sel = select(
@@ -569,6 +583,7 @@ def select_for_job(
         target_groups=groups,
         candidate_groups=task.candidate_groups(data),
         train_weights=q,
+        output_description=getattr(task, "output_description", None),
     )
 
 
@@ -609,6 +624,17 @@ def train_downstream(
     )
 
 
+def task_architectures(task: Task) -> dict[str, str] | None:
+    """The model architectures a task's run records name, from its optional ``architectures()``
+    method: ``{"downstream": ..., "proxy_arch": ...}`` (the second when the task also trains
+    the proxy's architecture on every selection, its metrics prefixed ``proxy_arch_``); None
+    for a task without the method."""
+    names = getattr(task, "architectures", None)
+    if not callable(names):
+        return None
+    return {str(k): str(v) for k, v in dict(names()).items()}
+
+
 def evaluate_model(
     task: Task,
     data_dir: str | os.PathLike[str],
@@ -642,6 +668,8 @@ def evaluate_model(
         "dsdm_features": meta.get("dsdm_features"),
         "composition": meta.get("composition"),
         "group_totals": meta.get("group_totals"),
+        "group_sizes": meta.get("group_sizes"),
+        "architectures": task_architectures(task),
         "ot_distance": meta.get("ot_distance"),
     }
     write_json_atomic(out_json, record)

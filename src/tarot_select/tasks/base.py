@@ -454,7 +454,11 @@ class ClassifierOutputsMixin:
     :meth:`ModelOutputs.downstream_model`. The output is the margin
     :math:`f = \\ell_y - \\log\\sum_{c\\ne y} e^{\\ell_c}` and the train weight
     :math:`1 - p_y = \\sigma(-f)` (with :math:`p = \\operatorname{softmax}(\\ell)`).
+    ``output_description`` says so in the tables' DsDm footnote.
     """
+
+    #: What DsDm's model-output features are, for the selection sidecar and the table footnote.
+    output_description: str = "model-output (margin) gradients, Q = diag(1 - p_y)"
 
     def candidate_groups(self, data: TaskData) -> dict[str, np.ndarray]:
         """The sources (see :meth:`Task.candidate_groups`) and the class of every candidate."""

@@ -89,7 +89,7 @@ def collect_runs(paths: Sequence[PathLike]) -> pd.DataFrame:
     spec = records[0]["metric_spec"]
     frame = pd.DataFrame.from_records([{k: v for k, v in rec.items() if k != "metric_spec"} for rec in records])
     extra = sorted(c for c in frame.columns if c.startswith("metric_") and c != "metric_name")
-    provenance = ["samples_per_epoch", "dsdm_features", "composition", "group_totals"]
+    provenance = ["samples_per_epoch", "dsdm_features", "composition", "group_totals", "group_sizes", "architectures"]
     frame = frame[["method", "ratio", "ratio_label", "seed", "metric", "metric_name", *extra, "source", *provenance]]
     frame["seed"] = frame["seed"].astype("int64")
     frame["ratio"] = frame["ratio"].astype("float64")
@@ -141,7 +141,8 @@ def _read_run(path: Path) -> dict[str, Any]:
     )
     record["dsdm_features"] = data.get("dsdm_features") if isinstance(data.get("dsdm_features"), str) else None
     record["composition"] = data.get("composition") if isinstance(data.get("composition"), dict) else None
-    record["group_totals"] = data.get("group_totals") if isinstance(data.get("group_totals"), dict) else None
+    for key in ("group_totals", "group_sizes", "architectures"):
+        record[key] = data.get(key) if isinstance(data.get(key), dict) else None
     record.update(_extra_metrics(metrics, name))
     return record
 

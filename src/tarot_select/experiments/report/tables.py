@@ -267,6 +267,7 @@ def write_task_tables(
     if "dsdm_features" in runs and runs["dsdm_features"].notna().any():
         kinds = sorted(set(runs["dsdm_features"].dropna()))
         notes.append("dsdm scored TRAK datamodels of " + "; ".join(kinds) + ".")
+    notes += _transfer_table(runs)
     if "composition" in runs:
         notes += _composition_tables(runs)
     return write_tables(runs, csv_path, md_path, otm_ratio=otm_ratio, title=f"{task}: downstream {label}", notes=notes)
@@ -297,17 +298,141 @@ def _read_otm_ratio(path: Path) -> Any:
         raise TarotInputError(f"{path}: cannot read OTM's chosen_ratio: {exc!r}") from None
 
 
+#: What the run records' ``architectures`` keys other than ``downstream`` mean: a model also
+#: trained on every selection, whose metrics are prefixed ``<key>_`` (key: how the tables name it).
+TRANSFER_ROLES: dict[str, str] = {"proxy_arch": "the proxy's architecture", "transfer": "the transfer model"}
+#: Kinds of group with at most this many groups get a table of the share of each group kept.
+MAX_GROUPS_SHOWN = 12
+
+
+def _other_models(runs: pd.DataFrame, primary: str) -> tuple[str, list[tuple[str, str]]]:
+    """The downstream model's name and, for every other model trained on the same selections
+    (records with ``<key>_<primary>`` metrics), its key and name, from the records'
+    ``architectures`` (``{"downstream": ..., key: name}``); a record set without names but with
+    ``proxy_arch_<primary>`` metrics (older records) gets generic names."""
+    named: dict[str, str] = {}
+    if "architectures" in runs:
+        for arch in runs["architectures"].dropna():
+            named = {str(k): str(v) for k, v in arch.items()}
+            break
+    keys = [k for k in named if k != "downstream"] or ["proxy_arch"]
+    others = [(k, named.get(k, TRANSFER_ROLES.get(k, k))) for k in keys if f"metric_{k}_{primary}" in runs]
+    return named.get("downstream", "downstream model"), [
+        (k, n) for k, n in others if runs[f"metric_{k}_{primary}"].notna().any()
+    ]
+
+
+def _transfer_table(runs: pd.DataFrame) -> list[str]:
+    """Transfer: every selection's primary metric with the downstream model beside the same
+    metric of each other model trained on the same selection (records with ``<key>_<metric>``,
+    e.g. ``proxy_arch_brier_min_fde``: the proxy's architecture; ``transfer_accuracy``: a model
+    of another family), mean ± std over seeds, best per ratio and column in bold."""
+    if "metric_name" not in runs or runs.empty:
+        return []
+    primary = str(runs["metric_name"].iloc[0])
+    down_name, others = _other_models(runs, primary)
+    if not others:
+        return []
+    columns = [f"metric_{k}_{primary}" for k, _ in others]
+    sub = runs[runs[columns].notna().all(axis=1)]
+    spec = dict(runs.attrs[SPEC_ATTR])
+    merged, labels, _, _ = _summarize(sub, "metric", spec)
+    for i, col in enumerate(columns):
+        part, _, _, _ = _summarize(sub, col, spec)
+        part = part[["method", "ratio_label", "mean", "std", "n_seeds", "best"]]
+        merged = merged.merge(part, on=["method", "ratio_label"], suffixes=("", f"_{i}"))
+    sides = ["", *(f"_{i}" for i in range(len(columns)))]
+    n_max = int(max(merged[f"n_seeds{side}"].max() for side in sides))
+    scale, percent = float(spec["scale"]), spec["unit"] == "%"
+
+    def cell(row: pd.Series, side: str) -> str:
+        text = _format_cell(
+            float(row[f"mean{side}"]), float(row[f"std{side}"]), int(row[f"n_seeds{side}"]), n_max, scale, percent
+        )
+        return f"**{text}**" if bool(row[f"best{side}"]) else text
+
+    names = [down_name, *(name for _, name in others)]
+    roles = " and ".join(f"with {TRANSFER_ROLES.get(k, k)} ({_md_escape(name)})" for k, name in others)
+    lines = [
+        (
+            f"Transfer: each selection trained with the downstream model ({_md_escape(down_name)}) and {roles}; "
+            f"{_md_escape(spec['label'])}{_header_note(spec)}; best per ratio in **bold**."
+        ),
+        "",
+        "| selection | " + " | ".join(_md_escape(n) for n in names) + " |",
+        "|:---|" + "---:|" * len(names),
+    ]
+    for label in labels:
+        for _, row in merged[merged["ratio_label"] == label].iterrows():
+            name = f"{row['method']} {label}" if label.endswith("%") else str(row["method"])
+            lines.append(f"| {_md_escape(name)} | " + " | ".join(cell(row, side) for side in sides) + " |")
+    return ["\n".join(lines)]
+
+
 def _composition_tables(runs: pd.DataFrame) -> list[str]:
-    """Per kind of group (source, class): how many groups each selection covers and the
-    share of its largest group, at each ratio (the selection of the lowest seed)."""
-    rows = runs[runs["composition"].notna() & runs["ratio_label"].str.endswith("%")].sort_values("seed")
+    """Per kind of group (source, class): the share of each group's pool that each selection
+    kept (kinds of at most :data:`MAX_GROUPS_SHOWN` groups whose records carry the pool's
+    group sizes; the paper's "OTM kept 31 % of WOMD, 53 % of AV2, 22 % of nuPlan" row), else
+    how many groups each selection covers and the share of its largest group; at each ratio
+    and for OTM (the selection of the lowest seed)."""
+    selected = runs["composition"].notna() & (runs["ratio_label"].str.endswith("%") | (runs["method"] == "otm"))
+    rows = runs[selected].sort_values("seed")
     if rows.empty:
         return []
     rows = rows.drop_duplicates(["method", "ratio_label"])
+    out, shown = [], set()
+    for kind in sorted({k for comp in rows["composition"] for k in comp}):
+        sizes = _group_sizes(rows, kind)
+        if sizes is not None and len(sizes) <= MAX_GROUPS_SHOWN:
+            out.append(_share_kept_table(rows, kind, sizes))
+            shown.add(kind)
+    return out + _largest_group_tables(rows[rows["ratio_label"].str.endswith("%")], exclude=shown)
+
+
+def _group_sizes(rows: pd.DataFrame, kind: str) -> dict[str, int] | None:
+    """The pool's size of each group of ``kind``, from the first record that has it."""
+    if "group_sizes" not in rows:
+        return None
+    for sizes in rows["group_sizes"].dropna():
+        if isinstance(sizes.get(kind), dict):
+            return {str(k): int(v) for k, v in sizes[kind].items()}
+    return None
+
+
+def _share_kept_table(rows: pd.DataFrame, kind: str, sizes: Mapping[str, int]) -> str:
+    """Markdown: one row per selection, one column per group: selected / pool size of the group (%)."""
+    groups = sorted(sizes)
+    total = sum(sizes.values())
+    lines = [
+        f"Share of each {kind}'s pool kept by each selection (selected / in the pool, %; "
+        + ", ".join(f"{_md_escape(g)}: {sizes[g]}" for g in groups)
+        + f"; all: {total}).",
+        "",
+        "| selection | " + " | ".join(_md_escape(g) for g in groups) + " | all |",
+        "|:---|" + "---:|" * (len(groups) + 1),
+    ]
+    labels = list(dict.fromkeys(rows["ratio_label"]))
+    labels = [lab for lab in labels if lab.endswith("%")] + [lab for lab in labels if not lab.endswith("%")]
+    for label in labels:
+        at = rows[rows["ratio_label"] == label]
+        for method in ordered_methods(list(at["method"])):
+            counts = at[at["method"] == method].iloc[0]["composition"].get(kind, {})
+            cells = [f"{100 * counts.get(g, 0) / sizes[g]:.0f}" if sizes[g] else "–" for g in groups]
+            cells.append(f"{100 * sum(counts.values()) / total:.1f}" if total else "–")
+            name = f"{method} {label}" if label.endswith("%") else method
+            lines.append(f"| {_md_escape(name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _largest_group_tables(rows: pd.DataFrame, exclude: set[str]) -> list[str]:
+    """Per kind of group not in ``exclude``: how many groups each selection covers and the
+    share of its largest group, at each ratio."""
+    if rows.empty:
+        return []
     labels = list(dict.fromkeys(rows["ratio_label"]))
     methods = ordered_methods(list(dict.fromkeys(rows["method"])))
     out = []
-    kinds = sorted({k for comp in rows["composition"] for k in comp})
+    kinds = sorted({k for comp in rows["composition"] for k in comp} - exclude)
     for kind in kinds:
         lines = [
             f"Selection composition by {kind}: groups present / in the pool, and the largest group's share.",
