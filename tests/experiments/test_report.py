@@ -369,6 +369,35 @@ def test_transfer_table_has_a_column_per_other_model(tmp_path):
     assert _section(text, "Transfer:")[0] == "| a 10% | **1.10 ± 0.14** | **11.1 ± 0.1** | 3.20 ± 0.28 |"
 
 
+def test_pool_table_sets_target_sets_and_models_side_by_side(tmp_path):
+    arch = {"downstream": "llama", "transfer": "qwen"}
+    units = {}
+    for unit, shift in (("p-mmlu", 0.0), ("p-bbh", 0.5)):
+        folder = tmp_path / unit
+        folder.mkdir()
+        units[unit] = _transfer_records(folder, arch)
+        for path in units[unit]:
+            rec = json.loads(path.read_text())
+            rec["metrics"] = {"brier_minfde": rec["metrics"]["brier_minfde"] + shift}
+            rec["metrics"]["transfer_brier_minfde"] = rec["metrics"]["brier_minfde"] + 1.0
+            path.write_text(json.dumps(rec))
+    otm = tmp_path / "otm.json"
+    otm.write_text(json.dumps({"chosen_ratio": 0.125}))
+    long = report.write_pool_table(units, tmp_path / "p.csv", tmp_path / "p.md", "p", {"p-bbh": otm})
+    text = (tmp_path / "p.md").read_text(encoding="utf-8")
+    header = "| selection | p-mmlu: brier_minfde (m) (llama) | p-mmlu: brier_minfde (m) (qwen) | "
+    assert header + "p-bbh: brier_minfde (m) (llama) | p-bbh: brier_minfde (m) (qwen) |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| selection")]
+    # the tables' method order (references first); lower is better, so a (1.10) beats b (1.60)
+    # at 10% in every column
+    assert rows[0] == "| full | 0.900 (n=1) | 1.90 (n=1) | 1.40 (n=1) | 2.40 (n=1) |"
+    assert rows[1] == "| a 10% | **1.10 ± 0.14** | **2.10 ± 0.14** | **1.60 ± 0.14** | **2.60 ± 0.14** |"
+    assert rows[2] == "| b 10% | 1.60 ± 0.14 | 2.60 ± 0.14 | 2.10 ± 0.14 | 3.10 ± 0.14 |"
+    assert len(long) == 2 * 2 * 3 and set(long["unit"]) == {"p-mmlu", "p-bbh"}
+    with pytest.raises(TarotInputError, match="no unit"):
+        report.write_pool_table({}, tmp_path / "q.csv", tmp_path / "q.md", "p")
+
+
 def test_no_transfer_table_without_proxy_architecture_metrics(tmp_path):
     report.write_task_tables(_brier_records(tmp_path), tmp_path / "t.csv", tmp_path / "t.md", "traj")
     assert "Transfer" not in (tmp_path / "t.md").read_text(encoding="utf-8")
@@ -470,6 +499,23 @@ def test_ratio_ticks_are_the_fixed_ratios_and_otm_is_in_the_legend(tmp_path, mon
     fmt = ax.xaxis.get_major_formatter()
     assert [fmt(v, i) for i, v in enumerate(ax.get_xticks())] == ["5%", "10%"]
     assert "otm (42.9 %)" in ax.get_legend_handles_labels()[1]
+
+
+def test_otm_weighted_is_a_second_star_in_the_otm_column(tmp_path, monkeypatch):
+    from tarot_select.experiments.report import figures
+
+    seen = []
+    real = figures._save_png
+    monkeypatch.setattr(figures, "_save_png", lambda fig, path: (seen.append(fig), real(fig, path))[1])
+    runs = _runs()
+    extra = runs[runs["method"] == "otm"].assign(method="otm_weighted", metric=[0.96, 0.98])
+    runs = _with_spec(pd.concat([runs, extra], ignore_index=True))
+    report.plot_metric_vs_ratio(runs, tmp_path / "ratio.png")
+    labels = seen[0].axes[0].get_legend_handles_labels()[1]
+    assert "otm (23.4 %)" in labels and "otm_weighted (23.4 %)" in labels
+    text = report.format_markdown(runs)
+    assert "**97.0 ± 1.4 (n=2)**" in _md_row(text, "otm_weighted") and "**" not in _md_row(text, "otm")
+    assert text.index("| otm |") < text.index("| otm_weighted |")
 
 
 def test_failed_plot_leaves_nothing(tmp_path, monkeypatch):

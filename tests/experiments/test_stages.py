@@ -164,6 +164,26 @@ def test_every_method_at_a_ratio_trains_on_as_many_samples_per_epoch(prepared, f
     assert len(set(seen.values())) == 1 and seen["tarot.r0.25"] == 2 * 10, seen
 
 
+def test_otm_weighted_is_otms_selection_with_ot_potential_repeat_counts(prepared, feature_files, tmp_path):
+    _, task, root = prepared
+    config = {"seeds": [0], "methods": ["tarot"], "ratios": [0.25], "references": []}
+    config |= {"weighting": {"enabled": False, "repeat": 2.0}, "otm": {"enabled": True, "weighted": True}}
+    assert plan.selections(config)[-2:] == ["otm", "otm_weighted"]
+    config["otm"] |= {"folds": 3, "patience": 1}
+    config |= {"seed": 0, "ot": {"method": "auto", "reg": 0.01}}
+    assert plan.select_settings(config, "otm_weighted") == {**plan.select_settings(config, "otm"), "repeat": 2.0}
+    plain = stages.select_for_job(task, "otm", feature_files, tmp_path / "otm.csv", SETTINGS)
+    weighted = stages.select_for_job(task, "otm_weighted", feature_files, tmp_path / "otm_weighted.csv", SETTINGS)
+    # the same OTM subset; integer repeat counts >= 1 that sum to R x |S|
+    assert np.array_equal(np.sort(plain.indices), np.sort(weighted.indices))
+    counts = np.asarray(weighted.weights)
+    assert counts.min() >= 1 and counts.sum() == round(2.0 * weighted.size) and len(np.unique(counts)) > 1
+    meta = json.loads((tmp_path / "otm_weighted.json").read_text())
+    assert meta["ratio_label"] == "OTM" and meta["weighting"] == "potential"
+    stages.train_downstream(task, root / "data", tmp_path / "otm_weighted.csv", 0, tmp_path / "m.pt")
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["samples_per_epoch"] == counts.sum()
+
+
 def test_a_selection_records_its_source_and_class_composition(prepared, feature_files, tmp_path):
     _, task, _ = prepared
     sel = stages.select_for_job(task, "less.r0.25", feature_files, tmp_path / "less.csv", SETTINGS)

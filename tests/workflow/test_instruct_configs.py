@@ -56,12 +56,13 @@ def _paper_config(tmp_path: Path) -> Path:
 def test_the_paper_config_plans_on_fake_folders_with_gpus_for_training_and_gradients(tmp_path):
     out = dry_run("--configfile", str(_paper_config(tmp_path)))
     jobs = planned_jobs(out)
-    # per unit (mmlu, bbh): random drawn per seed (3) + less, tarot, tarot_weighted, otm, full x 3 seeds
-    assert jobs["train_downstream"] == jobs["evaluate"] == 2 * (3 + 5 * 3)
+    # per unit (mmlu, bbh): random drawn per seed (3) + less, tarot, tarot_weighted, otm, otm_weighted,
+    # full x 3 seeds
+    assert jobs["train_downstream"] == jobs["evaluate"] == 2 * (3 + 6 * 3)
     assert jobs["train_proxy"] == 1 and jobs["prepare_data"] == 1
     # 8 shards of the pool's candidates and their Adam features once, of each unit's targets
     assert jobs["dump_gradients"] == 8 * 2 + 8 * 2
-    assert jobs["table"] == 2
+    assert jobs["table"] == 2 and jobs["pool_table"] == 1  # the Table 2 layout: both units, both models
     # every job that runs an 8 B model asks for a GPU, evaluation too (it generates BBH answers)
     blocks = re.split(r"\n(?=rule )", out)
     for rule in ("train_proxy", "dump_gradients", "train_downstream", "evaluate"):
@@ -85,9 +86,10 @@ def test_a_missing_model_folder_stops_the_paper_config_before_any_job(tmp_path):
 def test_the_mini_config_plans_candidate_gradients_once_for_both_target_sets(tmp_path):
     out = dry_run("--configfile", "config/instruct_mini.yaml", "--config", f"results={tmp_path / 'results'}")
     jobs = planned_jobs(out)
-    # per unit: random-s0, random-s1, less, tarot, tarot_weighted, otm, full; random with its own seed only
-    assert jobs["select"] == 2 * 7 and jobs["train_downstream"] == jobs["evaluate"] == 2 * (2 + 5 * 2)
-    assert jobs["prepare_data"] == jobs["train_proxy"] == 1 and jobs["table"] == 2
+    # per unit: random-s0, random-s1, less, tarot, tarot_weighted, otm, otm_weighted, full; random with
+    # its own seed only
+    assert jobs["select"] == 2 * 8 and jobs["train_downstream"] == jobs["evaluate"] == 2 * (2 + 6 * 2)
+    assert jobs["prepare_data"] == jobs["train_proxy"] == 1 and jobs["table"] == 2 and jobs["pool_table"] == 1
     # candidates (plain and Adam-preconditioned) once for the pool, targets once per unit
     assert jobs["dump_gradients"] == 4
     shards = re.findall(r"output: (\S+/features/shards/\S+)\.0\.npy", out)

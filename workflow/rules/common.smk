@@ -40,6 +40,7 @@ RUNS = plan.runs(config)
 
 wildcard_constraints:
     task="[A-Za-z0-9-]+",
+    pool="[A-Za-z0-9-]+",
     selection="[a-z_]+(-s[0-9]+)?(\\.r[0-9.e-]+)?",
     seed="[0-9]+",
     shard="[0-9]+",
@@ -105,6 +106,11 @@ def all_outputs(wildcards):
             f"{RESULTS}/figures/{task}_metric_vs_ratio.png",
             f"{RESULTS}/figures/{task}_tsne.png",
         ]
+    for pool in multi_target_pools():
+        out += [
+            f"{RESULTS}/tables/{pool}_by_target.csv",
+            f"{RESULTS}/tables/{pool}_by_target.md",
+        ]
     for task in LDS_TASKS:
         out += [
             f"{RESULTS}/tables/{task}_lds.csv",
@@ -112,6 +118,44 @@ def all_outputs(wildcards):
             f"{RESULTS}/figures/{task}_lds.png",
         ]
     return out
+
+
+def multi_target_pools():
+    """Task blocks that serve several target sets (their units share the pool)."""
+    pools = [unit.task for unit in UNITS.values() if unit.target is not None]
+    return list(dict.fromkeys(pools))
+
+
+def pool_units(wildcards):
+    """The units (target sets) of the pool ``wildcards.pool``, in config order."""
+    return [name for name, unit in UNITS.items() if unit.task == wildcards.pool]
+
+
+def pool_records(wildcards):
+    """Per unit of the pool, the run records of its table."""
+    return {
+        unit: [f"{RESULTS}/{unit}/metrics/{sel}/seed{seed}.json" for sel, seed in RUNS]
+        for unit in pool_units(wildcards)
+    }
+
+
+def pool_record_files(wildcards):
+    """Every run record of the pool's units (the pool table's input)."""
+    return [path for paths in pool_records(wildcards).values() for path in paths]
+
+
+def pool_otm_summaries(wildcards):
+    """Per unit of the pool, OTM's selection summary (none without OTM)."""
+    if not config["otm"]["enabled"]:
+        return {}
+    return {
+        unit: f"{RESULTS}/{unit}/selections/otm.json" for unit in pool_units(wildcards)
+    }
+
+
+def pool_otm_files(wildcards):
+    """OTM's selection summaries of the pool's units (the pool table's input)."""
+    return list(pool_otm_summaries(wildcards).values())
 
 
 def lds_external(task, key):

@@ -23,6 +23,30 @@ rule table:
         "../scripts/table.py"
 
 
+rule pool_table:
+    input:
+        records=pool_record_files,
+        otm=pool_otm_files,
+    output:
+        csv=f"{RESULTS}/tables/{{pool}}_by_target.csv",
+        md=f"{RESULTS}/tables/{{pool}}_by_target.md",
+    log:
+        f"{RESULTS}/{{pool}}/logs/pool_table.log",
+    benchmark:
+        f"{RESULTS}/{{pool}}/benchmarks/pool_table.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: res("table", "threads")
+    resources:
+        mem_mb=res("table", "mem_mb"),
+        runtime=res("table", "runtime"),
+    params:
+        records=pool_records,
+        otm=pool_otm_summaries,
+    script:
+        "../scripts/pool_table.py"
+
+
 rule figure_metric_vs_ratio:
     input:
         records=run_records,

@@ -64,7 +64,7 @@ def selection_draw(name: str) -> int | None:
 
 def ratio_label(method: str, ratio: float | None) -> str:
     """Column label in tables: ``5%``, ``OTM``, ``full``, ``target``."""
-    if method == "otm":
+    if method in ("otm", "otm_weighted"):
         return "OTM"
     if method == "full":
         return "full"

@@ -128,6 +128,8 @@ def selections(config: Mapping[str, Any]) -> list[str]:
         names += [selection_name("tarot_weighted", r) for r in config["ratios"]]
     if config["otm"]["enabled"]:
         names.append("otm")
+        if config["otm"].get("weighted", False):
+            names.append("otm_weighted")
     return names + list(config["references"])
 
 
@@ -148,7 +150,8 @@ def repeat_factor(config: Mapping[str, Any], selection: str) -> float:
     With ``weighting.enabled``, ``tarot_weighted`` trains on OT-potential repeat counts that
     sum to R × |S|; every other selection at a ratio then repeats each sample R times
     (``weighting.repeat``), so that all methods at a ratio take the same number of steps
-    (the paper's "uniform repetition to match the same size"). OTM and the references: 1.
+    (the paper's "uniform repetition to match the same size"). OTM and the references: 1;
+    ``otm_weighted`` trains on its own counts (R × |S| samples per epoch, against |S| for ``otm``).
     """
     method, ratio = parse_selection(selection)
     if not config["weighting"]["enabled"] or ratio is None or method == "tarot_weighted":
@@ -161,8 +164,8 @@ def select_settings(config: Mapping[str, Any], selection: str) -> dict[str, Any]
 
     Every selection records its OT distance to the target (``ot.method``, ``ot.reg``); the
     seed draws ``random`` subsets and OTM's folds; ``weighting.repeat`` sets the
-    OT-potential repeat counts of ``tarot_weighted`` only; ``otm.folds``/``otm.patience``
-    matter to OTM only; the references (``full``, ``target_only``) depend on none. A key
+    OT-potential repeat counts of ``tarot_weighted`` and ``otm_weighted`` only;
+    ``otm.folds``/``otm.patience`` matter to OTM (and ``otm_weighted``) only; the references (``full``, ``target_only``) depend on none. A key
     left out takes the library default, so editing, say, the repetition factor reruns
     ``tarot_weighted`` and the trainings, not every selection.
     """
@@ -170,11 +173,11 @@ def select_settings(config: Mapping[str, Any], selection: str) -> dict[str, Any]
     if method in REFERENCES:
         return {}
     out: dict[str, Any] = {"ot_method": config["ot"]["method"], "reg": config["ot"]["reg"]}
-    if method in ("random", "otm"):
+    if method in ("random", "otm", "otm_weighted"):
         out["seed"] = config["seed"]
-    if method == "tarot_weighted":
+    if method in ("tarot_weighted", "otm_weighted"):
         out["repeat"] = config["weighting"]["repeat"]
-    if method == "otm":
+    if method in ("otm", "otm_weighted"):
         out["folds"] = config["otm"]["folds"]
         out["patience"] = config["otm"]["patience"]
     return out

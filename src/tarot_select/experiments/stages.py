@@ -451,7 +451,10 @@ def whiten_features(
 VARIANTS: dict[str, str] = {
     "tarot_weighted": "tarot",  # TAROT, then OT-potential repeat counts
     "tarot_concat": "tarot",  # TAROT on WFD features of concatenated checkpoint blocks (ablation)
+    "otm_weighted": "otm",  # OTM, then OT-potential repeat counts (the paper's TAROT-OTM, Table 2)
 }
+#: Selections trained on OT-potential repeat counts (``weighting.repeat`` x their size).
+WEIGHTED: frozenset[str] = frozenset({"tarot_weighted", "otm_weighted"})
 
 
 def composition(indices: np.ndarray, groups: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -491,7 +494,8 @@ def make_selection(
     ``features`` maps ``candidates``, ``targets``, ``candidates_adam``, ``wfd_candidates``,
     ``wfd_targets`` and optionally ``wfd_neighbors`` (the whitening stage's neighbour
     lists, used by ``tarot``/``otm``) to files. ``method`` may also be ``full`` / ``target_only`` (all
-    candidates / all targets), ``tarot_weighted`` (TAROT + OT-potential weights) or
+    candidates / all targets), ``tarot_weighted`` / ``otm_weighted`` (TAROT / OTM + OT-potential
+    weights) or
     ``tarot_concat`` (TAROT; its ``wfd_*`` files whiten concatenated checkpoint blocks).
     ``output_description`` says what DsDm's model-output features are (the task's
     ``output_description``, e.g. the classifiers' margin with :math:`Q = \\mathrm{diag}(1 - p_y)`);
@@ -530,7 +534,7 @@ def make_selection(
         raw_targ.array,
         ratio=ratio if base != "otm" else None,
         seed=int(settings.get("seed", 0)),
-        weighting="potential" if method == "tarot_weighted" else None,
+        weighting="potential" if method in WEIGHTED else None,
         repeat=float(settings.get("repeat", 1.0)),
         n_folds=int(settings.get("folds", 10)),
         patience=int(settings.get("patience", 1)),

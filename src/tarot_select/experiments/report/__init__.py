@@ -39,7 +39,7 @@ from __future__ import annotations
 from .figures import plot_metric_vs_ratio, plot_task_metric_vs_ratio
 from .runs import collect_runs
 from .summary import DDOF, METHOD_ORDER, REFERENCE_METHODS, ordered_labels, ordered_methods, summary_long, summary_table
-from .tables import format_markdown, write_tables, write_task_tables
+from .tables import format_markdown, write_pool_table, write_tables, write_task_tables
 from .tsne import plot_tsne, plot_tsne_files
 
 __all__ = [
@@ -57,5 +57,6 @@ __all__ = [
     "summary_long",
     "summary_table",
     "write_tables",
+    "write_pool_table",
     "write_task_tables",
 ]

@@ -183,28 +183,31 @@ def _draw_curves(ax: Axes, long: pd.DataFrame, colours: Mapping[str, Any], facto
 def _draw_otm(
     ax: Axes, long: pd.DataFrame, df: pd.DataFrame, colours: Mapping[str, Any], factor: float, value_column: str
 ) -> list[float]:
-    """A star per OTM label at its mean chosen ratio; returns its x (%)."""
+    """A star per OTM label at its mean chosen ratio (``otm``; ``otm_weighted``, trained on
+    OT-potential repeat counts, an open star); returns their x (%)."""
     xs: list[float] = []
-    rows = long[(long["method"] == "otm") & long["ratio"].notna()]
-    for _, row in rows.iterrows():
-        ratios = df.loc[(df["method"] == "otm") & (df["ratio_label"] == row["ratio_label"]), "ratio"]
-        x = float(row["ratio"]) * 100.0
-        xerr = float(ratios.std(ddof=DDOF)) * 100.0 if len(ratios) > 1 else 0.0
-        yerr = float(np.nan_to_num(row["std"] * factor, nan=0.0))
-        ax.errorbar(
-            [x],
-            [float(row["mean"]) * factor],
-            yerr=[yerr],
-            xerr=[np.nan_to_num(xerr)],
-            color=colours["otm"],
-            marker="*",
-            markersize=15,
-            linestyle="none",
-            capsize=3,
-            label=f"otm ({x:.1f} %)",
-            zorder=5,
-        )
-        xs.append(x)
+    for method, face in (("otm", None), ("otm_weighted", "none")):
+        rows = long[(long["method"] == method) & long["ratio"].notna()]
+        for _, row in rows.iterrows():
+            ratios = df.loc[(df["method"] == method) & (df["ratio_label"] == row["ratio_label"]), "ratio"]
+            x = float(row["ratio"]) * 100.0
+            xerr = float(ratios.std(ddof=DDOF)) * 100.0 if len(ratios) > 1 else 0.0
+            yerr = float(np.nan_to_num(row["std"] * factor, nan=0.0))
+            ax.errorbar(
+                [x],
+                [float(row["mean"]) * factor],
+                yerr=[yerr],
+                xerr=[np.nan_to_num(xerr)],
+                color=colours[method],
+                marker="*",
+                markersize=15,
+                markerfacecolor=face,
+                linestyle="none",
+                capsize=3,
+                label=f"{method} ({x:.1f} %)",
+                zorder=5,
+            )
+            xs.append(x)
     return xs
 
 

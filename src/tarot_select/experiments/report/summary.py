@@ -36,9 +36,10 @@ METHOD_ORDER: tuple[str, ...] = (
     "tarot_concat",
     "tarot_weighted",
     "otm",
+    "otm_weighted",
 )
 #: Methods drawn as references (horizontal lines / a single star) rather than curves.
-REFERENCE_METHODS: frozenset[str] = frozenset({"otm", "full", "target_only"})
+REFERENCE_METHODS: frozenset[str] = frozenset({"otm", "otm_weighted", "full", "target_only"})
 #: Degrees of freedom of the reported standard deviation (sample std, pandas' default).
 DDOF: int = 1
 

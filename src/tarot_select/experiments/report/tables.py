@@ -22,7 +22,7 @@ from ...io import atomic_path
 from .runs import SPEC_ATTR, PathLike, _finite_float, collect_runs
 from .summary import DDOF, _summarize, _widen, ordered_methods
 
-__all__ = ["format_markdown", "write_tables", "write_task_tables"]
+__all__ = ["format_markdown", "write_pool_table", "write_tables", "write_task_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -454,3 +454,116 @@ def _largest_group_tables(rows: pd.DataFrame, exclude: set[str]) -> list[str]:
             lines.append(f"| {_md_escape(method)} | " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return out
+
+
+def write_pool_table(
+    records: Mapping[str, Sequence[PathLike]],
+    csv_path: PathLike,
+    md_path: PathLike,
+    pool: str,
+    otm_jsons: Mapping[str, PathLike] | None = None,
+) -> pd.DataFrame:
+    """The ``pool_table`` rule: one table for a pool that serves several target sets (the
+    paper's Table 2: methods × target sets × models).
+
+    Rows are the selections (``tarot 5%``, ``otm``, ``full`` ...); columns are, per target
+    set (unit), its primary metric with the downstream model and with every other model
+    trained on the same selections (the records' ``architectures``, metrics ``<key>_<metric>``).
+    Cells read ``mean ± std`` over seeds as in :func:`write_tables`, the best of each column
+    at each ratio in bold; OTM's cells add the share of the pool it kept for that target set, in brackets.
+
+    Parameters
+    ----------
+    records : mapping of str to sequence of path-like
+        Per unit name (``<pool>-<target>``), its run records (see :func:`~.runs.collect_runs`).
+    csv_path, md_path : path-like
+        Destinations; the CSV is long: ``unit, model, method, ratio_label, mean, std, n_seeds,
+        best`` (stored values, unscaled).
+    pool : str
+        The pool's (task block's) name, for the title.
+    otm_jsons : mapping of str to path-like, optional
+        Per unit, OTM's selection summary (its ``chosen_ratio``).
+
+    Returns
+    -------
+    pd.DataFrame
+        The long summary that was written to the CSV.
+
+    Raises
+    ------
+    TarotInputError
+        On bad records (see :func:`~.runs.collect_runs`), no unit, or an unreadable OTM summary.
+    """
+    if not records:
+        raise TarotInputError(f"pool table of {pool}: no unit given")
+    parts, headers, kept, labels = [], [], {}, []
+    for unit, paths in records.items():
+        runs = collect_runs(paths)
+        spec = dict(runs.attrs[SPEC_ATTR])
+        primary = str(runs["metric_name"].iloc[0])
+        down_name, others = _other_models(runs, primary)
+        for key, name in [("metric", down_name), *((f"metric_{k}_{primary}", n) for k, n in others)]:
+            sub = runs[runs[key].notna()]
+            long, unit_labels, _, _ = _summarize(sub, key, spec)
+            labels += unit_labels
+            long.insert(0, "model", name)
+            long.insert(0, "unit", unit)
+            parts.append(long)
+            headers.append((unit, name, spec))
+        if otm_jsons and unit in otm_jsons:
+            kept[unit] = _check_otm_ratio(_read_otm_ratio(Path(otm_jsons[unit])))
+    table = pd.concat(parts, ignore_index=True)
+    labels = list(dict.fromkeys(labels))
+    methods = ordered_methods(list(table["method"]))
+    rows = sorted(
+        dict.fromkeys(zip(table["method"], table["ratio_label"], strict=True)),
+        key=lambda r: (methods.index(r[0]), labels.index(r[1])),
+    )
+    lines = [
+        f"## {pool}: every target set, with every model trained on the selections",
+        "",
+        (
+            "Mean ± std over seeds; each column's metric and direction as in the target set's own "
+            "table; the best of each column at each ratio in **bold**; OTM's share of the pool in brackets."
+        ),
+        "",
+        "| selection | "
+        + " | ".join(
+            f"{_md_escape(u)}: {_md_escape(s['label'])}{_header_note(s)} ({_md_escape(n)})" for u, n, s in headers
+        )
+        + " |",
+        "|:---|" + "---:|" * len(headers),
+    ]
+    for method, label in rows:
+        cells = []
+        for unit, name, spec in headers:
+            hit = table[
+                (table["unit"] == unit)
+                & (table["model"] == name)
+                & (table["method"] == method)
+                & (table["ratio_label"] == label)
+            ]
+            if hit.empty:
+                cells.append("–")
+                continue
+            row = hit.iloc[0]
+            n_max = int(table.loc[(table["unit"] == unit) & (table["model"] == name), "n_seeds"].max())
+            text = _format_cell(
+                float(row["mean"]),
+                float(row["std"]),
+                int(row["n_seeds"]),
+                n_max,
+                float(spec["scale"]),
+                spec["unit"] == "%",
+            )
+            if method in ("otm", "otm_weighted") and kept.get(unit) is not None:
+                text += f" [{100 * kept[unit]:.1f} %]"
+            cells.append(f"**{text}**" if bool(row["best"]) else text)
+        title = f"{method} {label}" if label.endswith("%") else method
+        lines.append(f"| {_md_escape(title)} | " + " | ".join(cells) + " |")
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    logger.info("wrote the pool table of %s (%d units) to %s and %s", pool, len(records), csv_path, md_path)
+    return table
