@@ -184,6 +184,14 @@ def _fit_mmlu_prompt(
         k -= 1
 
 
+def _rate_by(groups: Sequence[str], right: Sequence[bool]) -> dict[str, float]:
+    """The share of ``right`` answers within each group (subject or task), by sorted group name."""
+    hits: dict[str, list[bool]] = {}
+    for group, ok in zip(groups, right, strict=True):
+        hits.setdefault(group, []).append(ok)
+    return {g: sum(v) / len(v) for g, v in sorted(hits.items())}
+
+
 def mmlu_accuracy(
     model: nn.Module,
     tokenizer: Any,
@@ -247,12 +255,9 @@ def mmlu_accuracy(
         model.train(was_training)
     predictions = [ANSWER_LETTERS[int(i)] for i in scores.argmax(dim=1)]
     right = [p == q.answer for p, q in zip(predictions, questions, strict=True)]
-    per_subject: dict[str, list[bool]] = {}
-    for q, ok in zip(questions, right, strict=True):
-        per_subject.setdefault(q.subject, []).append(ok)
     result = {
         "accuracy": sum(right) / len(right),
-        "per_subject": {s: sum(v) / len(v) for s, v in sorted(per_subject.items())},
+        "per_subject": _rate_by([q.subject for q in questions], right),
         "n": len(right),
         "predictions": predictions,
     }
@@ -413,12 +418,9 @@ def bbh_exact_match(
         for gen, ex in zip(generations, examples, strict=True)
     ]
     right = [p == ex.target.strip() for p, ex in zip(predictions, examples, strict=True)]
-    per_task: dict[str, list[bool]] = {}
-    for ex, ok in zip(examples, right, strict=True):
-        per_task.setdefault(ex.task, []).append(ok)
     result = {
         "exact_match": sum(right) / len(right),
-        "per_task": {t: sum(v) / len(v) for t, v in sorted(per_task.items())},
+        "per_task": _rate_by([ex.task for ex in examples], right),
         "n": len(right),
         "predictions": predictions,
     }
