@@ -4,6 +4,10 @@ It validates the input before any work, whitens candidates ∪ targets jointly (
 TAROT/OTM and for the evaluation of every method), runs the method, optionally
 weights the result and measures its OT distance to the target, all in one
 :class:`~tarot_select.result.Selection`.
+
+Influence Distillation (``infdist``, :mod:`tarot_select.infdist`) takes other inputs:
+candidate *embeddings*, landmark gradient features and target gradient features; it is
+weighted and evaluated only on precomputed WFD features (``wfd_features``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from ._validate import as_array, check_groups, check_int, check_pair, check_real
 from .baselines import dsdm_scores, less_scores, random_selection, select_by_scores
 from .distance import OT_METHODS, OTMethod, ot_distance
 from .errors import TarotInputError
+from .infdist import InfdistOptions
+from .infdist import _check_inputs as _check_infdist_inputs
+from .infdist import _distill as _infdist
 from .io import take_rows
 from .knn import Neighbors
 from .result import Selection
@@ -30,7 +37,7 @@ __all__ = ["METHODS", "WEIGHTINGS", "select"]
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("tarot", "otm", "random", "dsdm", "less")
+METHODS: tuple[str, ...] = ("tarot", "otm", "random", "dsdm", "less", "infdist")
 WEIGHTINGS: tuple[str, ...] = ("potential", "optimal")
 
 
@@ -56,6 +63,8 @@ def select(
     checkpoint_weights: Sequence[float] | None = None,
     dsdm_ridge: float = 1e-4,
     train_weights: np.ndarray | None = None,
+    landmarks: tuple[np.ndarray, np.ndarray] | None = None,
+    infdist: InfdistOptions | None = None,
     wfd_features: tuple[np.ndarray, np.ndarray] | None = None,
     neighbors: Neighbors | None = None,
     evaluate: bool = True,
@@ -65,12 +74,15 @@ def select(
 
     Parameters
     ----------
-    method : {"tarot", "otm", "random", "dsdm", "less"}
-        ``tarot`` is fixed-size OT selection, ``otm`` chooses its own size.
+    method : {"tarot", "otm", "random", "dsdm", "less", "infdist"}
+        ``tarot`` is fixed-size OT selection, ``otm`` chooses its own size, ``infdist``
+        is Influence Distillation (:func:`~tarot_select.infdist.influence_distillation`).
     candidates : np.ndarray, shape (n, d)
-        Projected gradient features of the pool (may be memory-mapped).
+        Projected gradient features of the pool (may be memory-mapped). For ``infdist``:
+        the pool's embeddings, shape (n, e).
     targets : np.ndarray, shape (m, d)
-        Features of the target set, same projection.
+        Features of the target set, same projection (for ``infdist``: the projection of
+        the landmark features).
     budget, ratio
         Exactly one for every method but ``otm`` (which takes neither).
     whiten, normalize, eps
@@ -84,15 +96,24 @@ def select(
     target_groups : np.ndarray, shape (m,), optional
         Subtask label per target (``less``).
     checkpoint_dims, checkpoint_weights
-        Feature blocks per checkpoint and their weights (``dsdm`` and ``less``).
+        Feature blocks per checkpoint and their weights (``dsdm`` and ``less``; for
+        ``infdist`` those of the landmark and target features).
     train_weights : np.ndarray, shape (n,) or (n, n_checkpoints), optional
         ``dsdm`` with TRAK's out-to-loss factor :math:`q_i = 1 - p_{y_i}` (per checkpoint),
         for candidates/targets that are model-*output* (margin) gradients.
+    landmarks : (np.ndarray, np.ndarray), optional
+        ``infdist`` only, and required there: the landmarks' pool indices, shape (l,),
+        and their gradient features, shape (l, d) (same projection as ``targets``).
+    infdist : InfdistOptions, optional
+        ``infdist`` settings (kernel, bandwidth, damping, strategy, seed); if None,
+        ``InfdistOptions(seed=seed)``.
     wfd_features : (np.ndarray, np.ndarray), optional
         Precomputed WFD features (whitened, normalised) of candidates and targets, e.g.
         from the workflow's whitening stage. When given, ``whiten``/``normalize``/``eps``
         are not used and these drive ``tarot``/``otm``, weighting and evaluation, while
-        ``candidates``/``targets`` still feed ``dsdm`` and ``less``.
+        ``candidates``/``targets`` still feed ``dsdm`` and ``less``. For ``infdist``
+        these alone allow weighting and the OT distance (without them the selection is
+        not evaluated, ``ot_distance`` stays None, and weighting is refused).
     neighbors : Neighbors, optional
         Nearest WFD candidates of every target, precomputed on the same WFD features
         (the workflow's whitening stage writes them); ``tarot``/``otm`` then skip their
@@ -136,7 +157,32 @@ def select(
         raise TarotInputError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     if ot_method not in OT_METHODS:
         raise TarotInputError(f"unknown OT method {ot_method!r}; choose one of {', '.join(OT_METHODS)}")
-    if wfd_features is not None and method in ("tarot", "otm"):
+    inf_inputs = None
+    if method == "infdist":
+        if landmarks is None:
+            raise TarotInputError(
+                "infdist needs landmarks=(indices, features): the landmarks' pool indices and gradient features"
+            )
+        if not isinstance(landmarks, (tuple, list)) or len(landmarks) != 2:
+            raise TarotInputError("landmarks must be a pair (landmark indices, landmark features)")
+        if weighting is not None and wfd_features is None:
+            raise TarotInputError(f"weighting {weighting!r} an infdist selection needs wfd_features (WFD features)")
+        if infdist is None:
+            infdist = InfdistOptions(seed=seed)
+        # the embeddings do not pair with the targets; landmark features do (checked here)
+        inf_inputs = _check_infdist_inputs(
+            candidates,
+            landmarks[0],
+            landmarks[1],
+            targets,
+            budget,
+            infdist,
+            checkpoint_dims,
+            checkpoint_weights,
+            ratio=ratio,
+        )
+        budget = inf_inputs.budget
+    elif wfd_features is not None and method in ("tarot", "otm"):
         # only the WFD features are read (and checked below); the raw ones must just fit
         if candidates.ndim != 2 or targets.ndim != 2 or candidates.shape[1] != targets.shape[1]:
             raise TarotInputError(f"candidates {candidates.shape} and targets {targets.shape} do not pair up")
@@ -146,8 +192,10 @@ def select(
     if method == "otm":
         if budget is not None or ratio is not None:
             raise TarotInputError("otm chooses its own size: give neither budget nor ratio")
-    else:
+    elif method != "infdist":
         budget = resolve_budget(n, budget, ratio)
+    if method == "infdist" and wfd_features is None:
+        evaluate = False  # no WFD space to measure in (and no whitening of embeddings)
 
     timings: dict[str, float] = {}
     needs_wfd = method in ("tarot", "otm") or evaluate or weighting is not None
@@ -190,6 +238,8 @@ def select(
             candidates, targets, ridge=dsdm_ridge, checkpoint_dims=checkpoint_dims, train_weights=train_weights
         )
         sel = select_by_scores("dsdm", scores, budget)
+    elif method == "infdist":
+        sel = _infdist(inf_inputs)
     else:  # less
         scores = less_scores(
             candidates,

@@ -23,6 +23,7 @@ from ._validate import check_groups, check_pair
 from .api import METHODS, WEIGHTINGS, select
 from .distance import OT_METHODS, ot_distance
 from .errors import TarotInputError
+from .infdist import KERNELS, STRATEGIES, InfdistOptions
 from .io import load_features, load_npy, sidecar_path
 from .whiten import WHITEN_METHODS, Whitener
 
@@ -88,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("select", help="select candidates for a target from feature files")
-    s.add_argument("--candidates", required=True, type=Path, help="candidate features, .npy (n x d)")
+    s.add_argument(
+        "--candidates", required=True, type=Path, help="candidate features, .npy (n x d); infdist: embeddings (n x e)"
+    )
     s.add_argument("--targets", required=True, type=Path, help="target features, .npy (m x d)")
     s.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     size = s.add_mutually_exclusive_group()
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument(
         "--ratio", type=_real(0.0, low_open=True, high=1.0, name="ratio"), help="fraction of the pool, in (0, 1]"
     )
-    s.add_argument("--seed", type=_int_at_least(0), default=0, help="seed for random and the OTM folds")
+    s.add_argument("--seed", type=_int_at_least(0), default=0, help="seed for random, the OTM folds and infdist")
     s.add_argument("--weighting", choices=WEIGHTINGS, help="add OT weights to the selection")
     s.add_argument("--repeat", type=_real(1.0), default=1.0, help="repetition factor R >= 1 for potential weights")
     s.add_argument("--folds", type=_int_at_least(2), default=10, help="OTM folds (default 10)")
@@ -104,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-eval", action="store_true", help="skip the OT distance of the result")
     s.add_argument("--out", required=True, type=Path, help="output CSV (index,weight) + JSON sidecar")
     _add_wfd_args(s)
+    inf = s.add_argument_group("infdist (Influence Distillation)")
+    inf.add_argument("--landmark-indices", type=Path, help=".npy of the landmarks' pool indices (l,), integers")
+    inf.add_argument(
+        "--landmark-features", type=Path, help="landmark gradient features, .npy (l x d), same projection as targets"
+    )
+    inf.add_argument("--kernel", choices=KERNELS, default="rbf", help="propagation kernel (default: rbf)")
+    inf.add_argument(
+        "--bandwidth",
+        type=_real(0.0, low_open=True, name="bandwidth"),
+        help="RBF bandwidth (default: median pairwise landmark distance)",
+    )
+    inf.add_argument(
+        "--damping", type=_real(0.0, name="damping"), default=1e-2, help="kernel ridge damping (default 0.01)"
+    )
+    inf.add_argument("--strategy", choices=STRATEGIES, default="round_robin", help="default: round_robin")
 
     d = sub.add_parser("distance", help="OT distance (WFD cost) between two feature sets")
     d.add_argument("--source", required=True, type=Path)
@@ -163,10 +181,36 @@ def _cmd_select(args: argparse.Namespace) -> int:
         raise TarotInputError(f"method {args.method} needs --budget or --ratio")
     if args.method == "otm" and (args.budget is not None or args.ratio is not None):
         raise TarotInputError("otm chooses its own size: give neither --budget nor --ratio")
+    infdist = args.method == "infdist"
+    options = None
+    if infdist:
+        if args.landmark_indices is None or args.landmark_features is None:
+            raise TarotInputError("method infdist needs --landmark-indices and --landmark-features")
+        options = InfdistOptions(
+            kernel=args.kernel, bandwidth=args.bandwidth, damping=args.damping, strategy=args.strategy, seed=args.seed
+        )
     inputs = [args.candidates, args.targets] + ([args.target_groups] if args.target_groups is not None else [])
+    if infdist:
+        inputs += [args.landmark_indices, args.landmark_features]
     _check_out(args.out, inputs)
     cand = load_features(args.candidates)
     targ = load_features(args.targets)
+    landmarks = None
+    ckpt_source = cand
+    if infdist:
+        land = load_features(args.landmark_features)
+        idx, _ = load_npy(args.landmark_indices, mmap=False, what="landmark indices")
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            raise TarotInputError(
+                f"--landmark-indices {args.landmark_indices}: expected a 1-D integer array, "
+                f"got shape {idx.shape} dtype {idx.dtype}"
+            )
+        if None not in (land.checkpoint_dims, targ.checkpoint_dims) and land.checkpoint_dims != targ.checkpoint_dims:
+            raise TarotInputError(
+                f"checkpoint dims differ: landmark features {land.checkpoint_dims}, targets {targ.checkpoint_dims}"
+            )
+        landmarks = (idx, land.array)
+        ckpt_source = land if land.checkpoint_dims is not None else targ
     groups = None
     if args.target_groups is not None:
         labels, _ = load_npy(args.target_groups, mmap=False, what="target groups")
@@ -190,13 +234,18 @@ def _cmd_select(args: argparse.Namespace) -> int:
         ot_method=args.ot_method,
         reg=args.reg,
         target_groups=groups,
-        checkpoint_dims=cand.checkpoint_dims,
-        checkpoint_weights=cand.checkpoint_weights,
+        checkpoint_dims=ckpt_source.checkpoint_dims,
+        checkpoint_weights=ckpt_source.checkpoint_weights,
+        landmarks=landmarks,
+        infdist=options,
         evaluate=not args.no_eval,
         progress=args.verbose,
     )
+    extra = {"candidates": str(args.candidates), "targets": str(args.targets)}
+    if infdist:
+        extra.update(landmark_indices=str(args.landmark_indices), landmark_features=str(args.landmark_features))
     try:
-        sel.to_csv(args.out, extra_meta={"candidates": str(args.candidates), "targets": str(args.targets)})
+        sel.to_csv(args.out, extra_meta=extra)
     except OSError as exc:  # checked before the selection; what is left is the disk (full, gone, read-only)
         sys.stderr.write(f"tarot-select: error: cannot write {args.out}: {exc.strerror or exc}\n")
         return 1
