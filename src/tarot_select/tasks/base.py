@@ -18,9 +18,13 @@ dataclass; :attr:`Task.settings` is the same as a plain dict).
 
 Optional hooks with defaults: :meth:`Task.load_checkpoint` (load a proxy checkpoint into
 the proxy model, e.g. LoRA adapters only), :meth:`Task.training_examples` (map a selected
-candidate to the downstream examples it stands for), and several target sets served by
+candidate to the downstream examples it stands for), several target sets served by
 one candidate pool (:meth:`~tarot_select.tasks.settings.TaskSettings.target_names` and the
-``target`` argument of :meth:`Task.load`).
+``target`` argument of :meth:`Task.load`), and, for Influence Distillation's cheap JVP
+embeddings (:class:`~tarot_select.embed.JVPEmbedder`, method ``infdist``),
+:meth:`Task.embedding_blocks` (the module names of the proxy's blocks in forward order; the
+default refuses) and :meth:`Task.embedding_reduce` (a linear per-sample reduction of a block
+output to ``(B, k)``; default: flatten).
 
 Influence benchmarks (LDS, :mod:`tarot_select.lds`) need four more methods, the
 :class:`ModelOutputs` protocol; :class:`ClassifierOutputsMixin` implements the last three
@@ -376,6 +380,24 @@ class Task(ABC):
     def gradient_batches(self, dataset: torch.utils.data.Dataset, batch_size: int = 64) -> Iterable[Any]:
         """Batches of ``dataset`` in index order (no shuffling) for gradient dumping."""
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+    def embedding_blocks(self, model: nn.Module) -> list[str]:
+        """Module names (``model.get_submodule(name)``) of the blocks of the proxy ``model`` in
+        forward order, for :class:`~tarot_select.embed.JVPEmbedder`: the embedding is the JVP
+        of the output of the ``n``-th block along random directions over the trainable
+        parameters inside the first ``n`` blocks. Each named block must hold trainable
+        parameters and be called by :meth:`loss_fn`'s forward. Default: refuse."""
+        raise TarotInputError(
+            f"task kind {self.name!r} does not name its model's blocks, so it cannot compute infdist embeddings"
+        )
+
+    def embedding_reduce(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
+        """Reduce the tangent of a block output ``(B, ...)`` (the output's first tensor) to
+        rows ``(B, k)`` of a width fixed across batches; ``batch`` is the batch as
+        :meth:`loss_fn` takes it. Must be linear in ``output`` (select, mask by data, average,
+        flatten) so that it equals the JVP of the reduced output. Default:
+        ``output.flatten(start_dim=1)``."""
+        return output.flatten(start_dim=1)
 
     # ------------------------------------------------------------ downstream
     @abstractmethod

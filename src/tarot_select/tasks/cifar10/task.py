@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...embed import pool_feature_maps
 from ...errors import TarotInputError
 from ...io import atomic_path, library_versions, save_npz, write_json_atomic
 from .._config import seeded
@@ -395,6 +396,19 @@ class Cifar10Task(ClassifierOutputsMixin, Task):
         eval mode (batch norm on running statistics).
         """
         return F.cross_entropy(forward(sample[0]), sample[1])
+
+    def embedding_blocks(self, model: nn.Module) -> list[str]:
+        """The stages of :class:`ResNet9` in forward order: every ``features.<i>`` that holds
+        weights (conv-BN-ReLU blocks and residual blocks; the max-pools are skipped), then
+        ``head`` (the logits). ``trak``: 7 blocks, the fourth ``(B, 4 width, 16, 16)``."""
+        features = model.get_submodule("features")
+        names = [f"features.{i}" for i, m in enumerate(features) if any(p.requires_grad for p in m.parameters())]
+        return [*names, "head"]
+
+    def embedding_reduce(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
+        """Feature maps average-pooled to at most 8 x 8, then flattened
+        (:func:`~tarot_select.embed.pool_feature_maps`, linear); the logits flattened."""
+        return pool_feature_maps(output)
 
     # ------------------------------------------------------------ downstream
     def downstream_model(self) -> nn.Module:

@@ -270,6 +270,12 @@ class DigitsTask(ClassifierOutputsMixin, Task):
         x, y = sample[0], sample[1]
         return F.cross_entropy(forward(x), y)
 
+    def embedding_blocks(self, model: nn.Module) -> list[str]:
+        """The :class:`DigitsCNN` layers in forward order: ``conv1``, ``conv2`` (outputs
+        ``(B, C, 8, 8)`` before the ReLU), ``fc1``, ``fc2`` (the logits). The default
+        flattening reduces them (at most ``2 * width * 64`` numbers)."""
+        return ["conv1", "conv2", "fc1", "fc2"]
+
     # ------------------------------------------------------------ downstream
     def train_downstream(
         self,

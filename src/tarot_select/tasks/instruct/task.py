@@ -341,6 +341,39 @@ class InstructTask(Task):
         """:func:`.encode.lm_loss`: mean next-token cross-entropy over the response tokens."""
         return lm_loss(forward, sample)
 
+    def embedding_blocks(self, model: nn.Module) -> list[str]:
+        """The decoder layers of the causal LM in forward order, for
+        :class:`~tarot_select.embed.JVPEmbedder` (as Influence Distillation embeds with the
+        first transformer blocks): the elements of the model's one ``ModuleList`` named
+        ``layers``, e.g. ``base_model.model.model.layers.0`` .. ``.layers.3`` for the LoRA-wrapped
+        tiny Llama / Qwen2 (their LoRA adapters are the perturbed parameters). Each layer
+        outputs hidden states ``(B, L, d)``."""
+        found = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "layers" and len(module) > 0
+        ]
+        if len(found) != 1:
+            raise TarotInputError(
+                f"instruct: expected one ModuleList of decoder layers named 'layers' in the model, found {found}"
+            )
+        layers = model.get_submodule(found[0])
+        return [f"{found[0]}.{i}" for i in range(len(layers))]
+
+    def embedding_reduce(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The hidden state ``(B, d)`` of each row's last real token (the last 1 of the
+        batch's ``attention_mask``; the last position without a mask): a sequence
+        representation that right padding does not change (causal attention). Selecting a
+        position is linear."""
+        length = output.shape[1]
+        positions = torch.arange(length, device=output.device)
+        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+        if mask is None:
+            last = torch.full((output.shape[0],), length - 1, device=output.device)
+        else:
+            last = torch.where(mask.bool(), positions, -1).amax(dim=1).clamp(min=0)
+        return output[torch.arange(output.shape[0], device=output.device), last]
+
     def gradient_batches(
         self, dataset: torch.utils.data.Dataset, batch_size: int = 64
     ) -> Iterator[dict[str, torch.Tensor]]:

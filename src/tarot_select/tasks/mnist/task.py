@@ -187,6 +187,13 @@ class MnistTask(ClassifierOutputsMixin, Task):
         """Cross-entropy of ``forward(x)`` against ``y`` for a sample ``(x, y)`` of batch size 1."""
         return nn.functional.cross_entropy(forward(sample[0]), sample[1])
 
+    def embedding_blocks(self, model: nn.Module) -> list[str]:
+        """The linear layers of :class:`MnistMLP` in forward order (``net.0``, ``net.2``, ...;
+        outputs before the ReLU, the last one the logits): ``len(hidden) + 1`` blocks, flattened
+        by the default reduction."""
+        net = model.get_submodule("net")
+        return [f"net.{i}" for i, layer in enumerate(net) if isinstance(layer, nn.Linear)]
+
     # ------------------------------------------------------------ downstream
     def downstream_model(self) -> nn.Module:
         """A fresh :class:`MnistMLP` of widths ``hidden`` (default initialisation)."""

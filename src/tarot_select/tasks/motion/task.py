@@ -39,7 +39,7 @@ from ..base import SPLITS, Metric, ProxyCheckpoint, Task, TaskData
 from .agent_centric import CutConfig, cut_scenario
 from .losses import batch_loss, loss_fn, wta_loss
 from .metrics import METRIC_NAMES, MotionMetrics, constant_velocity
-from .models import MotionModel, build_model
+from .models import AutoBots, MotionModel, Wayformer, build_model
 from .sample import ARRAY_NAMES, MotionSamples
 from .scenarionet import ScenarioEntry, list_scenarios, read_scenario, write_scenarionet
 from .settings import MotionModelSettings, MotionSettings
@@ -477,6 +477,39 @@ class MotionTask(Task):
         mode cross-entropy and the best mode's squared error) of a batch dict, its mean over
         the batch (for one sample: its loss). Calls ``forward`` once; runs under ``vmap``."""
         return loss_fn(forward, sample)
+
+    def embedding_blocks(self, model: nn.Module) -> list[str]:
+        """The encoder of the motion model in forward order, for
+        :class:`~tarot_select.embed.JVPEmbedder`.
+
+        * :class:`~.models.AutoBots`: ``agent_embed`` (the per-step agent embedding), then
+          ``encoder.0`` .. ``encoder.<enc_layers - 1>`` (temporal + social attention layers);
+          outputs ``(B, A, Th, D)``. The map encoder and the decoder come later.
+        * :class:`~.models.Wayformer`: ``latent_cross``, ``latent_cross_ffn`` (the latents
+          reading the tokens), then ``latent_self.<i>``, ``latent_ffn.<i>`` per latent layer;
+          outputs ``(B, num_latents, D)``. The token projections ``agent_proj`` and
+          ``map_proj`` run side by side, not one after the other, so they are not blocks and
+          their weights are not perturbed (like a language model's token embedding).
+        """
+        if isinstance(model, AutoBots):
+            return ["agent_embed", *(f"encoder.{i}" for i in range(len(model.encoder)))]
+        if isinstance(model, Wayformer):
+            names = ["latent_cross", "latent_cross_ffn"]
+            for i in range(len(model.latent_self)):
+                names += [f"latent_self.{i}", f"latent_ffn.{i}"]
+            return names
+        raise TarotInputError(f"motion: cannot name the blocks of a {type(model).__name__}; AutoBots or Wayformer")
+
+    def embedding_reduce(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The focal agent's rows of an AutoBots block output ``(B, A, Th, D)``: ``output[:, 0]``
+        times its valid-step mask ``agents_mask[:, 0]`` (the context the AutoBots decoder
+        reads), flattened to ``Th * D``; a Wayformer latent output ``(B, num_latents, D)``
+        flattened. Both are linear and of a width fixed by the model (``Th``, ``D``, the
+        latents), whatever the batch."""
+        if output.ndim == 4:
+            mask = batch["agents_mask"][:, 0].to(output.dtype)  # (B, Th)
+            return (output[:, 0] * mask[..., None]).flatten(start_dim=1)
+        return output.flatten(start_dim=1)
 
     # ----------------------------------------------------- model outputs (LDS)
     output_description: str = "model-output gradients of the negative per-sample loss f = -L, Q = I"

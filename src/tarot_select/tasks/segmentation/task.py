@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...embed import pool_feature_maps
 from ...errors import TarotInputError
 from ...io import atomic_path, integrity_of, library_versions, load_npy, sidecar_path, write_json_atomic
 from .._config import seeded
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 _MANIFEST: Final[str] = "data.json"
 _LOG_EVERY: Final[float] = 0.1  # fraction of a split between progress lines of prepare
+#: Most tokens a (B, N, C) block output keeps in the infdist embedding (averaged groups).
+_MAX_TOKENS: Final[int] = 64
 
 # Stream identifiers of the seeded generators (second entry of the seed).
 _STREAM_CANDIDATES, _STREAM_TARGETS, _STREAM_EVALUATION = 1, 2, 3
@@ -148,6 +151,28 @@ def _batch_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Training loss of a batch: cross-entropy averaged over every valid pixel of the batch."""
     valid = (labels != IGNORE).sum()
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum") / valid.clamp_min(1)
+
+
+def _trainable(model: nn.Module, name: str) -> bool:
+    """Whether ``model`` has a submodule ``name`` that holds a trainable parameter."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return False
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _called_stages(module: nn.Module, prefix: str) -> list[str]:
+    """Names of ``module``'s children with trainable weights, in order; a ``ModuleList`` child
+    (never called itself) is replaced by its elements, recursively."""
+    names = []
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}"
+        if isinstance(child, nn.ModuleList):
+            names.extend(_called_stages(child, full))
+        elif any(p.requires_grad for p in child.parameters()):
+            names.append(full)
+    return names
 
 
 def _poly_lr(base: float, step: int, total: int, power: float) -> float:
@@ -341,6 +366,45 @@ class SegmentationTask(Task):
         of batch size 1, its mean pixel cross-entropy over valid pixels. Calls ``forward``
         once (as the factored featurizer requires); runs under ``vmap`` in eval mode."""
         return pixel_losses(forward(sample[0]), sample[1]).sum()
+
+    def embedding_blocks(self, model: nn.Module) -> list[str]:
+        """The backbone's stages in forward order, then the decoder, for
+        :class:`~tarot_select.embed.JVPEmbedder`.
+
+        The stages are the backbone's direct children that hold trainable weights, in
+        registration order (the elements of a ``ModuleList`` child, which is never called
+        itself, in their order):
+
+        * ``small``: ``backbone.0`` .. ``backbone.3`` (conv-BN-ReLU), then ``classifier`` (the
+          ASPP head);
+        * ``deeplabv3_resnet50``: ``backbone.conv1``, ``backbone.bn1`` (the stem),
+          ``backbone.layer1`` .. ``backbone.layer4``, then ``classifier``;
+        * mmseg (:class:`~.mmseg_model.MMSegNet`): ``segmentor.backbone.<child>`` (e.g. the
+          ResNet's ``stem`` and ``layer1`` .. ``layer4``; frozen stages are left out), then
+          ``segmentor.neck`` if there is one. Not the decode head: mmseg runs it by calling its
+          ``forward`` method, not the module, so no forward hook sees its output.
+        """
+        if hasattr(model, "segmentor"):
+            root, decoders = "segmentor.", ["neck"]
+        else:
+            root, decoders = "", ["classifier"]
+        stages = _called_stages(model.get_submodule(root + "backbone"), root + "backbone")
+        heads = [root + name for name in decoders if _trainable(model, root + name)]
+        if not stages or not (heads or root):
+            raise TarotInputError(
+                f"segmentation: cannot name the blocks of a {type(model).__name__} (no trainable backbone stage "
+                "or decoder)"
+            )
+        return [*stages, *heads]
+
+    def embedding_reduce(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
+        """Feature maps ``(B, C, H, W)`` average-pooled to at most 8 x 8
+        (:func:`~tarot_select.embed.pool_feature_maps`), token maps ``(B, N, C)`` (transformer
+        backbones) averaged over groups of tokens to at most 64, then flattened: every step is
+        linear, and the width does not depend on the batch (the image size is fixed)."""
+        if output.ndim == 3 and output.shape[1] > _MAX_TOKENS:
+            output = F.adaptive_avg_pool1d(output.transpose(1, 2), _MAX_TOKENS).transpose(1, 2)
+        return pool_feature_maps(output)
 
     # -------------------------------------------------------------- training
     def _autocast(self, device: torch.device, cfg: Mapping[str, Any]) -> contextlib.AbstractContextManager:
