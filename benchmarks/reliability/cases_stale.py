@@ -15,12 +15,15 @@ import yaml
 from probe import Case, Verdict, run_snakemake, tiny_run
 
 # Jobs per rule of the tiny config (tests/data/tiny.yaml): 2 checkpoints x (2 candidate
-# shards + 1 target split) + output gradients; 13 selections; one digits unit.
-FEATURE_JOBS = {"dump_gradients": 10, "gather_features": 5, "whiten": 1, "select": 13}
-DOWNSTREAM_JOBS = {"train_downstream": 13, "evaluate": 13, "table": 1, "figure_metric_vs_ratio": 1, "all": 1}
-PROXY_JOBS = {"train_proxy": 1, **FEATURE_JOBS, **DOWNSTREAM_JOBS, "figure_tsne": 1}
+# shards + 1 target split) + output gradients + 2 landmark shards (infdist); 15 selections;
+# one digits unit.
+FEATURE_JOBS = {"dump_gradients": 12, "gather_features": 6, "whiten": 1, "select": 15}
+DOWNSTREAM_JOBS = {"train_downstream": 15, "evaluate": 15, "table": 1, "figure_metric_vs_ratio": 1, "all": 1}
+PROXY_JOBS = {"train_proxy": 1, "embed_candidates": 1, **FEATURE_JOBS, **DOWNSTREAM_JOBS, "figure_tsne": 1}
 DATA_JOBS = {"prepare_data": 1, **PROXY_JOBS}
 LDS_MODEL_JOBS = {"lds_train_subsets": 2, "lds_gather_outputs": 1, "lds_member": 2, "lds_evaluate": 1, "lds_report": 1}
+#: infdist's two selections (ratios 0.1 and 0.5), their trainings, the reports (t-SNE shows 0.1)
+INFDIST_JOBS = {"select": 2, **DOWNSTREAM_JOBS, "train_downstream": 2, "evaluate": 2, "figure_tsne": 1}
 
 #: (case name, {dotted key: new value}, expected jobs per rule)
 EDITS: list[tuple[str, dict[str, Any], dict[str, int]]] = [
@@ -37,15 +40,21 @@ EDITS: list[tuple[str, dict[str, Any], dict[str, int]]] = [
     # the ensemble members train on the whole training set: new subsets leave them alone
     ("lds-subsets", {"lds.subsets": 9}, {"lds_masks": 1, **LDS_MODEL_JOBS, "lds_member": 0, "all": 1}),
     ("lds-ridge", {"lds.ridge": 0.5}, {"lds_evaluate": 1, "lds_report": 1, "all": 1}),
-    ("whitening-eps", {"whitening.eps": 1e-4}, {"whiten": 1, "select": 13, **DOWNSTREAM_JOBS, "figure_tsne": 1}),
+    ("whitening-eps", {"whitening.eps": 1e-4}, {"whiten": 1, "select": 15, **DOWNSTREAM_JOBS, "figure_tsne": 1}),
+    # the projection of the gradients, not of the embeddings (infdist.dim): embed_candidates stays
     ("proj-dim", {"features.proj_dim": 16}, {**FEATURE_JOBS, **DOWNSTREAM_JOBS, "figure_tsne": 1}),
     # R sets tarot_weighted's repeat counts (2 ratios) and every other ratio run's repetition
-    ("repeat", {"weighting.repeat": 3.0}, {"select": 2, **DOWNSTREAM_JOBS, "train_downstream": 10, "evaluate": 10}),
+    ("repeat", {"weighting.repeat": 3.0}, {"select": 2, **DOWNSTREAM_JOBS, "train_downstream": 12, "evaluate": 12}),
     (
         "otm-folds",
         {"otm.folds": 3},
         {"select": 1, **DOWNSTREAM_JOBS, "train_downstream": 1, "evaluate": 1, "figure_tsne": 1},
     ),
+    # Influence Distillation: the kernel ridge regression reruns its selections only; the landmark
+    # count its landmarks' gradients too (not the pool's); the blocks its embeddings only
+    ("infdist-damping", {"infdist.damping": 0.1}, INFDIST_JOBS),
+    ("infdist-landmarks", {"infdist.landmarks": 30}, {"dump_gradients": 2, "gather_features": 1, **INFDIST_JOBS}),
+    ("infdist-blocks", {"infdist.blocks": 1}, {"embed_candidates": 1, **INFDIST_JOBS}),
     ("nothing", {}, {}),
 ]
 

@@ -184,6 +184,58 @@ def test_otm_weighted_is_otms_selection_with_ot_potential_repeat_counts(prepared
     assert torch.load(tmp_path / "m.pt", weights_only=True)["samples_per_epoch"] == counts.sum()
 
 
+def test_infdist_reads_embeddings_and_the_landmarks_gradients_only(prepared, feature_files, tmp_path):
+    from tarot_select.infdist import choose_landmarks
+
+    _, task, root = prepared
+    f = root / "features"
+    features = {"proj_dim": 8, "batch_size": 16}
+    # the landmarks' features are the pool's Adam features at the drawn rows, computed for those rows only
+    stages.dump_gradients(
+        task, root / "data", root / "proxy", "landmarks", tmp_path / "landmarks_adam.npy", features,
+        adam=True, landmarks={"count": 12, "seed": 3},
+    )  # fmt: skip
+    land = load_features(tmp_path / "landmarks_adam.npy")
+    chosen = choose_landmarks(40, 12, 3)
+    assert land.meta["landmarks"]["indices"] == chosen.tolist() and land.meta["landmarks"]["n_candidates"] == 40
+    pool = load_features(feature_files["candidates_adam"]).array
+    np.testing.assert_allclose(land.array, pool[chosen], rtol=1e-5, atol=1e-6)
+    settings = {"blocks": 1, "tangents": 2, "dim": 16, "seed": 0, "batch_size": 16, "proj_kind": "rademacher"}
+    stages.embed_candidates(task, root / "data", root / "proxy", tmp_path / "embeddings.npy", settings)
+    emb = load_features(tmp_path / "embeddings.npy")
+    assert emb.array.shape[0] == 40 and np.isfinite(emb.array).all() and emb.array.std(axis=0).max() > 0
+    assert emb.meta["embedding"]["n_blocks"] == 1 and emb.meta["checkpoint"].startswith("ckpt_")
+    files = {
+        "embeddings": str(tmp_path / "embeddings.npy"),
+        "landmarks": str(tmp_path / "landmarks_adam.npy"),
+        **{k: feature_files[k] for k in ("targets", "wfd_candidates", "wfd_targets", "data")},
+    }
+    config = {
+        "seed": 0,
+        "ot": {"method": "auto", "reg": 0.01},
+        "infdist": {"kernel": "rbf", "bandwidth": None, "damping": 0.01, "strategy": "round_robin"},
+    }
+    settings = plan.select_settings(config, "infdist.r0.25")
+    sel = stages.select_for_job(task, "infdist.r0.25", files, tmp_path / "infdist.csv", settings)
+    assert sel.method == "infdist" and sel.size == 10 and len(np.unique(sel.indices)) == 10
+    meta = json.loads((tmp_path / "infdist.json").read_text())
+    assert meta["ot_distance"] > 0 and sum(meta["composition"]["source"].values()) == 10
+    # its settings reach only its own select jobs
+    edited = {**config, "infdist": {**config["infdist"], "damping": 0.5}}
+    assert plan.select_settings(edited, "infdist.r0.25") != settings
+    for other in ("tarot.r0.25", "less.r0.25", "random-s0.r0.25"):
+        assert plan.select_settings(edited, other) == plan.select_settings(config, other)
+    # landmarks drawn from another pool are refused, naming the file
+    other = dict(land.meta)
+    other["landmarks"] = {**land.meta["landmarks"], "n_candidates": 41}
+    from tarot_select.io import save_features
+
+    save_features(tmp_path / "bad.npy", np.asarray(land.array), meta=other)
+    with pytest.raises(TarotInputError, match="bad.npy"):
+        stages.select_for_job(task, "infdist.r0.25", {**files, "landmarks": str(tmp_path / "bad.npy")},
+                              tmp_path / "x.csv", settings)  # fmt: skip
+
+
 def test_a_selection_records_its_source_and_class_composition(prepared, feature_files, tmp_path):
     _, task, _ = prepared
     sel = stages.select_for_job(task, "less.r0.25", feature_files, tmp_path / "less.csv", SETTINGS)

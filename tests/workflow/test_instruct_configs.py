@@ -57,15 +57,16 @@ def test_the_paper_config_plans_on_fake_folders_with_gpus_for_training_and_gradi
     out = dry_run("--configfile", str(_paper_config(tmp_path)))
     jobs = planned_jobs(out)
     # per unit (mmlu, bbh): random drawn per seed (3) + less, tarot, tarot_weighted, otm, otm_weighted,
-    # full x 3 seeds
-    assert jobs["train_downstream"] == jobs["evaluate"] == 2 * (3 + 6 * 3)
+    # infdist, full x 3 seeds
+    assert jobs["train_downstream"] == jobs["evaluate"] == 2 * (3 + 7 * 3)
     assert jobs["train_proxy"] == 1 and jobs["prepare_data"] == 1
-    # 8 shards of the pool's candidates and their Adam features once, of each unit's targets
-    assert jobs["dump_gradients"] == 8 * 2 + 8 * 2
+    # 8 shards of the pool's candidates, their Adam features and the infdist landmarks once, of each
+    # unit's targets; the pool's embeddings once
+    assert jobs["dump_gradients"] == 8 * 3 + 8 * 2 and jobs["embed_candidates"] == 1
     assert jobs["table"] == 2 and jobs["pool_table"] == 1  # the Table 2 layout: both units, both models
     # every job that runs an 8 B model asks for a GPU, evaluation too (it generates BBH answers)
     blocks = re.split(r"\n(?=rule )", out)
-    for rule in ("train_proxy", "dump_gradients", "train_downstream", "evaluate"):
+    for rule in ("train_proxy", "dump_gradients", "embed_candidates", "train_downstream", "evaluate"):
         mine = [b for b in blocks if b.startswith(f"rule {rule}:")]
         assert mine and all(re.search(r"resources: .*\bgpu=1\b", b) for b in mine), rule
     select = [b for b in blocks if b.startswith("rule select:")]
@@ -86,18 +87,20 @@ def test_a_missing_model_folder_stops_the_paper_config_before_any_job(tmp_path):
 def test_the_mini_config_plans_candidate_gradients_once_for_both_target_sets(tmp_path):
     out = dry_run("--configfile", "config/instruct_mini.yaml", "--config", f"results={tmp_path / 'results'}")
     jobs = planned_jobs(out)
-    # per unit: random-s0, random-s1, less, tarot, tarot_weighted, otm, otm_weighted, full; random with
-    # its own seed only
-    assert jobs["select"] == 2 * 8 and jobs["train_downstream"] == jobs["evaluate"] == 2 * (2 + 6 * 2)
+    # per unit: random-s0, random-s1, less, tarot, infdist, tarot_weighted, otm, otm_weighted, full;
+    # random with its own seed only
+    assert jobs["select"] == 2 * 9 and jobs["train_downstream"] == jobs["evaluate"] == 2 * (2 + 7 * 2)
     assert jobs["prepare_data"] == jobs["train_proxy"] == 1 and jobs["table"] == 2 and jobs["pool_table"] == 1
-    # candidates (plain and Adam-preconditioned) once for the pool, targets once per unit
-    assert jobs["dump_gradients"] == 4
+    # candidates (plain and Adam-preconditioned) and infdist's landmarks once for the pool, targets
+    # once per unit; the pool's embeddings once
+    assert jobs["dump_gradients"] == 5 and jobs["embed_candidates"] == 1
     shards = re.findall(r"output: (\S+/features/shards/\S+)\.0\.npy", out)
     results = str(tmp_path / "results")
     assert sorted(shards) == sorted(
         [
             f"{results}/instruct/features/shards/candidates",
             f"{results}/instruct/features/shards/candidates_adam",
+            f"{results}/instruct/features/shards/landmarks_adam",
             f"{results}/instruct-mmlu/features/shards/targets",
             f"{results}/instruct-bbh/features/shards/targets",
         ]

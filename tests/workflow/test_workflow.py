@@ -59,6 +59,8 @@ def test_snakefmt_formatted():
         ({"ratios": [0.0, 0.1]}, "ratios"),
         ({"ratios": [1.5]}, "ratios"),
         ({"methods": ["tarot", "best"]}, "methods"),
+        ({"infdist.landmarks": 161}, "infdist.landmarks: 161 landmarks for only 160 candidates"),
+        ({"infdist.strategy": "greedy"}, "infdist.strategy"),
         ({"tasks.digits.kind": "cifar100"}, "kind"),
         ({"tasks.digits.target_styles": ["sepia"]}, "target_styles"),
         ({"report.tsne_ratio": 0.3}, "report.tsne_ratio"),
@@ -197,6 +199,17 @@ def test_tiny_pipeline_tables_and_figures(tiny_run):
     assert "TRAK" in (results / "tables" / "digits-lds_lds.md").read_text()
     feats = json.loads((results / "digits" / "features" / "candidates.json").read_text())
     assert feats["shape"] == [160, 64] and len(feats["checkpoints"]) == 2
+    # Influence Distillation: one more method of the table, its gradients for the landmarks only
+    assert "infdist" in methods
+    land = json.loads((results / "digits" / "features" / "landmarks_adam.json").read_text())
+    assert land["shape"] == [40, 64] and land["landmarks"]["n_candidates"] == 160
+    assert len(set(land["landmarks"]["indices"])) == 40 and land["adam_preconditioned"]
+    emb = json.loads((results / "digits" / "features" / "embeddings.json").read_text())
+    assert emb["shape"][0] == 160 and emb["embedding"]["n_blocks"] == 2
+    sel = results / "digits" / "selections" / "infdist.r0.1.csv"
+    idx = np.loadtxt(sel, delimiter=",", skiprows=1, ndmin=2)[:, 0]
+    assert len(np.unique(idx)) == len(idx) == 16
+    assert json.loads(sel.with_suffix(".json").read_text())["ot_distance"] > 0
 
 
 @pytest.mark.xdist_group("tiny")

@@ -44,7 +44,7 @@ wildcard_constraints:
     selection="[a-z_]+(-s[0-9]+)?(\\.r[0-9.e-]+)?",
     seed="[0-9]+",
     shard="[0-9]+",
-    split="candidates|targets|candidates_adam|candidates_output|targets_output",
+    split="candidates|targets|candidates_adam|candidates_output|targets_output|landmarks_adam",
     chunk="[0-9]+",
     member="[0-9]+",
     wfd="wfd|wfd_concat",
@@ -200,6 +200,8 @@ def feature_files(wildcards):
     base = f"{RESULTS}/{wildcards.task}/features"
     pool = pool_path(wildcards, "features")
     method = parse_selection(wildcards.selection)[0]
+    if method == "infdist":
+        return infdist_files(wildcards)
     wfd = "wfd_concat" if method == "tarot_concat" else "wfd"
     files = {
         "candidates": f"{pool}/candidates.npy",
@@ -216,6 +218,31 @@ def feature_files(wildcards):
             "proxy": proxy_dir(wildcards),
         }
     return files
+
+
+def infdist_files(wildcards):
+    """What Influence Distillation reads: the pool's JVP embeddings, the landmarks' gradient
+    features (the pool's, Adam-preconditioned), the unit's target features, and the WFD
+    features that measure every selection's OT distance to the target."""
+    base = f"{RESULTS}/{wildcards.task}/features"
+    pool = pool_path(wildcards, "features")
+    return {
+        "embeddings": f"{pool}/embeddings.npy",
+        "landmarks": f"{pool}/landmarks_adam.npy",
+        "targets": f"{base}/targets.npy",
+        "wfd_candidates": f"{base}/wfd_candidates.npy",
+        "wfd_targets": f"{base}/wfd_targets.npy",
+    }
+
+
+def landmark_params(wildcards):
+    """The landmark draw of a dump_gradients job (empty but for the landmarks split)."""
+    return plan.infdist_landmarks(config, wildcards.split)
+
+
+def infdist_embedding_params(wildcards):
+    """What the embedding job depends on (infdist block, seed, projection kind, batch size)."""
+    return plan.infdist_embedding(config)
 
 
 def whiten_combine(wildcards):

@@ -25,8 +25,36 @@ rule dump_gradients:
     params:
         job=job_params("proxy"),
         features=config["features"],
+        landmarks=landmark_params,
     script:
         "../scripts/dump_gradients.py"
+
+
+# Influence Distillation's cheap embeddings of every candidate: forward-mode JVPs of the
+# first blocks of the proxy (no backward pass), one job per pool.
+rule embed_candidates:
+    input:
+        data=data_dir,
+        proxy=proxy_dir,
+    output:
+        features=f"{RESULTS}/{{task}}/features/embeddings.npy",
+        sidecar=f"{RESULTS}/{{task}}/features/embeddings.json",
+    log:
+        f"{RESULTS}/{{task}}/logs/embed_candidates.log",
+    benchmark:
+        f"{RESULTS}/{{task}}/benchmarks/embed_candidates.tsv"
+    conda:
+        torch_env
+    threads: res("embed_candidates", "threads")
+    resources:
+        mem_mb=res("embed_candidates", "mem_mb"),
+        runtime=res("embed_candidates", "runtime"),
+        gpu=res("embed_candidates", "gpu"),
+    params:
+        job=job_params("proxy"),
+        settings=infdist_embedding_params,
+    script:
+        "../scripts/embed_candidates.py"
 
 
 rule gather_features:

@@ -16,4 +16,5 @@ with stages.stage(snakemake.log[0], snakemake.threads):
         n_shards=int(snakemake.params.features["shards"]),
         stats_path=snakemake.output.stats,
         output=split.endswith("_output"),
+        landmarks=snakemake.params.landmarks,
     )

@@ -69,6 +69,7 @@ RULES: tuple[str, ...] = (
     "prepare_data",
     "train_proxy",
     "dump_gradients",
+    "embed_candidates",
     "gather_features",
     "whiten",
     "select",
@@ -305,7 +306,8 @@ def check_config(config: Mapping[str, Any]) -> None:
     and unit names do not collide; user LDS files exist; and the sizes the task settings
     tell (:meth:`~tarot_select.tasks.settings.TaskSettings.split_sizes`,
     :meth:`~tarot_select.tasks.settings.TaskSettings.proxy_parameters`) fit
-    ``features.shards``, ``otm.folds``, ``features.params``, ``lds.chunks`` and ``lds.fraction``.
+    ``features.shards``, ``otm.folds``, ``infdist.landmarks``, ``features.params``, ``lds.chunks`` and
+    ``lds.fraction``.
     Keys the config leaves out take the schema's defaults.
     """
     check_finite(config)
@@ -375,7 +377,7 @@ def _check_resources(resources: Mapping[str, Any] | None, where: str) -> None:
 
 
 def _check_sizes(config: Mapping[str, Any], tasks: Mapping[str, TaskSettings]) -> None:
-    """``features.shards`` and ``otm.folds`` against the split sizes of every selection task."""
+    """``features.shards``, ``otm.folds`` and ``infdist.landmarks`` against the split sizes of every selection task."""
     shards = int(config.get("features", {}).get("shards", 1))
     otm = config.get("otm", {})
     for name, settings in tasks.items():
@@ -392,6 +394,17 @@ def _check_sizes(config: Mapping[str, Any], tasks: Mapping[str, TaskSettings]) -
         folds, n = int(otm.get("folds", 10)), sizes.get("targets")
         if otm.get("enabled", True) and n is not None and folds > n:
             raise TarotInputError(f"otm.folds: {folds} folds for only {n} targets of task {name}; at most {n}")
+        landmarks, n = int(config.get("infdist", {}).get("landmarks", 4096)), sizes.get("candidates")
+        if "infdist" in config.get("methods", []) and n is not None and landmarks > n:
+            raise TarotInputError(
+                f"infdist.landmarks: {landmarks} landmarks for only {n} candidates of task {name}; at most {n} "
+                "(a few percent of the pool is the point of the method)"
+            )
+        if "infdist" in config.get("methods", []) and n is not None and shards > min(landmarks, n):
+            raise TarotInputError(
+                f"features.shards: {shards} shards for only {landmarks} infdist landmarks of task {name}; "
+                f"at most {landmarks}"
+            )
 
 
 def _check_params(config: Mapping[str, Any], tasks: Mapping[str, TaskSettings]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "FEATURE_KEYS",
+    "INFDIST_KEYS",
     "OUTPUT_KEYS",
     "REFERENCES",
     "parse_selection",
@@ -27,6 +28,10 @@ FEATURE_KEYS: tuple[str, ...] = (
     "wfd_targets",
     "wfd_neighbors",
 )
+
+#: Files Influence Distillation reads besides the targets: the JVP embeddings of every
+#: candidate and the gradient features of the landmarks only (their indices in its sidecar).
+INFDIST_KEYS: tuple[str, ...] = ("embeddings", "landmarks")
 
 #: Features DsDm reads when the task has model outputs (TRAK's margin gradients).
 OUTPUT_KEYS: tuple[str, ...] = ("candidates_output", "targets_output")

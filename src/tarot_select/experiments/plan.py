@@ -37,6 +37,8 @@ __all__ = [
     "RESOURCE_DEFAULTS",
     "Unit",
     "has_model_outputs",
+    "infdist_embedding",
+    "infdist_landmarks",
     "repeat_factor",
     "resource",
     "runs",
@@ -180,7 +182,34 @@ def select_settings(config: Mapping[str, Any], selection: str) -> dict[str, Any]
     if method in ("otm", "otm_weighted"):
         out["folds"] = config["otm"]["folds"]
         out["patience"] = config["otm"]["patience"]
+    if method == "infdist":
+        out["seed"] = config["seed"]
+        out["infdist"] = {k: config["infdist"][k] for k in ("kernel", "bandwidth", "damping", "strategy")}
     return out
+
+
+def infdist_embedding(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What Influence Distillation's embeddings depend on (the embedding job's params): the
+    number of first blocks, tangents, dimension, the projection kind, the seed of the
+    tangents and projection, and the batch size."""
+    block = config["infdist"]
+    return {
+        "blocks": int(block["blocks"]),
+        "tangents": int(block["tangents"]),
+        "dim": int(block["dim"]),
+        "proj_kind": "rademacher" if config["features"]["proj_kind"] == "none" else config["features"]["proj_kind"],
+        "seed": int(config["seed"]),
+        "batch_size": int(config["features"]["batch_size"]),
+    }
+
+
+def infdist_landmarks(config: Mapping[str, Any], split: str) -> dict[str, int]:
+    """The landmark draw of a gradient-dumping job: ``{"count", "seed"}`` for the
+    ``landmarks_adam`` split, empty for every other split (so that editing
+    ``infdist.landmarks`` reruns the landmark gradients only)."""
+    if split != "landmarks_adam":
+        return {}
+    return {"count": int(config["infdist"]["landmarks"]), "seed": int(config["seed"])}
 
 
 def stage_params(config: Mapping[str, Any], task: str, stage: str) -> dict[str, Any]:

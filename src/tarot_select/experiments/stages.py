@@ -28,6 +28,7 @@ from ..api import select
 from ..errors import TarotInputError
 from ..featurize import Checkpoint, GradientFeaturizer, combine_checkpoints
 from ..gradients import AdamPreconditioner, select_parameters
+from ..infdist import InfdistOptions, choose_landmarks
 from ..io import (
     FeatureSet,
     atomic_path,
@@ -43,11 +44,12 @@ from ..tasks import RunContext, Task, TaskData, get_task, require_model_outputs
 from ..tasks.base import load_torch_file
 from ..weight import uniform_counts
 from ..whiten import DEFAULT_BLOCK_ROWS, Whitener, WhiteningStats
-from .naming import FEATURE_KEYS, OUTPUT_KEYS, REFERENCES, parse_selection, ratio_label, selection_draw
+from .naming import FEATURE_KEYS, INFDIST_KEYS, OUTPUT_KEYS, REFERENCES, parse_selection, ratio_label, selection_draw
 
 __all__ = [
     "composition",
     "dump_gradients",
+    "embed_candidates",
     "evaluate_model",
     "gather_features",
     "job_task",
@@ -250,6 +252,7 @@ def dump_gradients(
     n_shards: int = 1,
     stats_path: str | os.PathLike[str] | None = None,
     output: bool = False,
+    landmarks: Mapping[str, int] | None = None,
 ) -> None:
     """Projected per-sample gradient features of one shard of a split at every proxy checkpoint.
 
@@ -261,9 +264,30 @@ def dump_gradients(
     whitening sums of the shard's rows combined as ``features.combine`` says
     (:func:`~tarot_select.featurize.combine_checkpoints`) (:class:`~tarot_select.whiten.WhiteningStats`), so whitening
     never needs every feature in one job.
+
+    ``split="landmarks"`` (with ``landmarks = {"count", "seed"}``) is Influence Distillation's
+    landmark set: the candidates at :func:`~tarot_select.infdist.choose_landmarks` ``(n, count,
+    seed)``, in that order; the sidecar records their indices (``landmarks.indices``).
     """
     data = load_data(task, data_dir)
-    full = data.split(split)
+    extra: dict[str, Any] = {}
+    if split == "landmarks":
+        if not landmarks:
+            raise TarotInputError("the landmarks split needs the landmark count and seed (infdist.landmarks)")
+        full = data.split("candidates")
+        try:
+            chosen = choose_landmarks(len(full), int(landmarks["count"]), int(landmarks["seed"]))
+        except TarotInputError as exc:
+            raise TarotInputError(f"infdist.landmarks: {exc}") from None
+        full = torch.utils.data.Subset(full, chosen.tolist())
+        extra["landmarks"] = {
+            "count": len(chosen),
+            "seed": int(landmarks["seed"]),
+            "n_candidates": len(data.candidates),
+            "indices": chosen.tolist(),
+        }
+    else:
+        full = data.split(split)
     lo, hi = shard_rows(len(full), shard, n_shards)
     dataset = torch.utils.data.Subset(full, range(lo, hi))
     manifest = proxy_manifest(proxy_dir)
@@ -295,6 +319,7 @@ def dump_gradients(
             "adam_preconditioned": bool(adam),
             "gradient_of": "model output" if output else "loss",
             "shard": {"index": shard, "count": n_shards, "rows": [lo, hi]},
+            **extra,
         },
         progress=False,
     )
@@ -320,6 +345,83 @@ def proxy_train_weights(task: Task, data: TaskData, proxy_dir: str | os.PathLike
         state, _ = task.load_checkpoint(model, Path(proxy_dir) / entry["file"])
         columns.append(outputs.train_weights(data, state, "candidates", model=model))
     return np.stack(columns, axis=1)
+
+
+def embed_candidates(
+    task: Task,
+    data_dir: str | os.PathLike[str],
+    proxy_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+) -> None:
+    """Influence Distillation's JVP embeddings of every candidate (:class:`~tarot_select.embed.JVPEmbedder`).
+
+    The proxy at its last checkpoint (the warmed-up model), differentiated along
+    ``settings["tangents"]`` random directions of the parameters of its first
+    ``settings["blocks"]`` blocks (as :meth:`~tarot_select.tasks.base.Task.embedding_blocks`
+    names them; all of them, with a warning in the log, when the model has fewer), projected to
+    at most ``settings["dim"]`` columns. The sidecar's ``embedding`` entry says which blocks. No backward pass: the cost
+    is about ``tangents`` forward passes through those blocks.
+    """
+    from ..embed import JVPEmbedder  # the only stage that needs forward-mode AD
+
+    data = load_data(task, data_dir)
+    entry = proxy_manifest(proxy_dir)[-1]
+    model = task.proxy_model()
+    state, _ = task.load_checkpoint(model, Path(proxy_dir) / entry["file"])
+    live = model.state_dict()
+    unknown = [k for k in state if k not in live]
+    if unknown:
+        raise TarotInputError(
+            f"{Path(proxy_dir) / entry['file']}: not a checkpoint of this proxy (unexpected {unknown[:3]}); "
+            "rerun train_proxy"
+        )
+    model.load_state_dict(state, strict=len(state) == len(live))
+    blocks = task.embedding_blocks(model)
+    n_blocks = int(settings["blocks"])
+    if n_blocks > len(blocks):
+        log.warning(
+            "infdist.blocks is %d but the proxy of %s has %d blocks (%s): using all of them",
+            n_blocks,
+            task.name,
+            len(blocks),
+            ", ".join(blocks),
+        )
+        n_blocks = len(blocks)
+    embedder = JVPEmbedder(
+        model,
+        task.loss_fn,
+        blocks,
+        n_blocks=n_blocks,
+        n_tangents=int(settings["tangents"]),
+        dim=int(settings["dim"]),
+        seed=int(settings["seed"]),
+        reduce=task.embedding_reduce,
+        proj_kind=str(settings.get("proj_kind", "rademacher")),
+        device=task.context.device,
+    )
+    candidates = data.candidates
+    batch_size = int(settings.get("batch_size", 64))
+    t0 = time.perf_counter()
+    emb = embedder.embed(
+        lambda: task.gradient_batches(candidates, batch_size), n_samples=len(candidates), progress=task.context.progress
+    )
+    meta = {
+        "task": task.name,
+        "split": "candidates",
+        "kind": "jvp_embeddings",
+        "checkpoint": entry["file"],
+        "embedding": embedder.metadata(),
+    }
+    with open_row_writer(out_path, emb.shape, dtype="float32", meta=meta) as out:
+        out.write(emb)
+    log.info(
+        "embedded %d candidates into %d dims in %.1f s (%s)",
+        emb.shape[0],
+        emb.shape[1],
+        time.perf_counter() - t0,
+        out_path,
+    )
 
 
 def make_featurizer(
@@ -501,11 +603,15 @@ def make_selection(
     ``output_description``, e.g. the classifiers' margin with :math:`Q = \\mathrm{diag}(1 - p_y)`);
     it goes into the sidecar and the table's footnote.
     """
+    meta: dict[str, Any] = {"split": "candidates", "ratio_label": ratio_label(method, ratio), "requested_ratio": ratio}
+    groups = candidate_groups or {}
+    if method == "infdist":
+        sel = _infdist_selection(ratio, features, settings)
+        sel.to_csv(out_csv, extra_meta={**meta, **composition(sel.indices, groups)})
+        return sel
     cand = load_features(features["candidates"])
     targ = load_features(features["targets"])
     n = cand.array.shape[0]
-    meta: dict[str, Any] = {"split": "candidates", "ratio_label": ratio_label(method, ratio), "requested_ratio": ratio}
-    groups = candidate_groups or {}
     if method in REFERENCES:
         if method == "full":
             sel = Selection(indices=np.arange(n, dtype=np.int64), method="full", n_candidates=n, budget=n)
@@ -552,6 +658,49 @@ def make_selection(
     return sel
 
 
+def _infdist_selection(ratio: float | None, features: Mapping[str, str], settings: Mapping[str, Any]) -> Selection:
+    """Influence Distillation from the JVP embeddings of every candidate, the landmarks'
+    gradient features (indices in their sidecar) and the targets' gradient features; the
+    WFD features only measure the selection's OT distance to the target, like every method's."""
+    emb = load_features(features["embeddings"])
+    land = load_features(features["landmarks"])
+    targ = load_features(features["targets"])
+    drawn = land.meta.get("landmarks") or {}
+    indices = np.asarray(drawn.get("indices", []), dtype=np.int64)
+    if indices.shape != (land.array.shape[0],) or drawn.get("n_candidates") != emb.array.shape[0]:
+        raise TarotInputError(
+            f"{features['landmarks']}: its landmark indices ({indices.size} for {land.array.shape[0]} rows, drawn from "
+            f"{drawn.get('n_candidates')} candidates) do not match the {emb.array.shape[0]} embedded candidates; "
+            "delete it and rerun"
+        )
+    wfd = None
+    if "wfd_candidates" in features.keys():  # noqa: SIM118 (Snakemake's input: keys, not file names)
+        wfd = (load_features(features["wfd_candidates"]).array, load_features(features["wfd_targets"]).array)
+    opts = dict(settings.get("infdist", {}))
+    options = InfdistOptions(
+        kernel=str(opts.get("kernel", "rbf")),
+        bandwidth=None if opts.get("bandwidth") is None else float(opts["bandwidth"]),
+        damping=float(opts.get("damping", 1e-2)),
+        strategy=str(opts.get("strategy", "round_robin")),
+        seed=int(settings.get("seed", 0)),
+    )
+    sel = select(
+        "infdist",
+        emb.array,
+        targ.array,
+        ratio=ratio,
+        landmarks=(indices, land.array),
+        infdist=options,
+        checkpoint_dims=land.checkpoint_dims,
+        checkpoint_weights=land.checkpoint_weights,
+        ot_method=settings.get("ot_method", "auto"),
+        reg=float(settings.get("reg", 0.01)),
+        wfd_features=wfd,
+        evaluate=wfd is not None,
+    )
+    return sel.with_updates(info={**sel.info, "embedding": emb.meta.get("embedding")})
+
+
 def select_for_job(
     task: Task,
     selection: str,
@@ -572,7 +721,8 @@ def select_for_job(
     data = load_data(task, files["data"])
     groups = data.target_groups if method == "less" else None
     # .keys(): ``in`` on Snakemake's input (a Namedlist) looks among the file names, not the keys
-    features = {key: files[key] for key in (*FEATURE_KEYS, *OUTPUT_KEYS) if key in files.keys()}  # noqa: SIM118
+    keys = (*FEATURE_KEYS, *OUTPUT_KEYS, *INFDIST_KEYS)
+    features = {key: files[key] for key in keys if key in files.keys()}  # noqa: SIM118
     q = (
         proxy_train_weights(task, data, files["proxy"])
         if method == "dsdm" and "candidates_output" in features

@@ -5,7 +5,7 @@ The input is a *tidy* table of downstream runs, one row per (method, ratio label
 ============  =============================================================
 column        meaning
 ============  =============================================================
-method        ``"random"``, ``"dsdm"``, ``"less"``, ``"tarot"``, ``"tarot_weighted"``,
+method        ``"random"``, ``"dsdm"``, ``"less"``, ``"infdist"``, ``"tarot"``, ``"tarot_weighted"``,
               ``"otm"``, ``"full"``, ``"target_only"`` (or any other name)
 ratio         selected fraction of the pool in (0, 1]; OTM's chosen ratio for ``otm``,
               ``1.0`` for ``full``, NaN for ``target_only``

@@ -32,6 +32,7 @@ METHOD_ORDER: tuple[str, ...] = (
     "random",
     "dsdm",
     "less",
+    "infdist",
     "tarot",
     "tarot_concat",
     "tarot_weighted",
