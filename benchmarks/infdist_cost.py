@@ -20,8 +20,11 @@ infdist    embeddings of every candidate (JVPs, no backward), landmarks' Adam-pr
            only to report the OT distance)
 =========  ==================================================================================
 
-Jobs that ran side by side on the same cores slowed each other down; the numbers are wall
-times of one ``snakemake --cores N`` run, as it happened.
+Two times per job: its wall time (the benchmark file: Python and torch start-up included, about
+5-10 s a job here, which dominates small runs) and the time inside the job's stage (its log's
+``stage done in`` line: reading inputs, computing, writing outputs). Jobs that ran side by side
+on the same cores slowed each other down; both are times of one ``snakemake --cores N`` run, as
+it happened.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import statistics
 import sys
 from collections.abc import Iterable
@@ -68,24 +72,47 @@ def wall_seconds(path: Path) -> float:
     return statistics.fmean(float(r["s"]) for r in rows)
 
 
+_STAGE_DONE = re.compile(r"stage done in ([0-9.]+) s")
+
+
+def stage_seconds(benchmark: Path) -> float:
+    """Seconds inside the job's stage, from the ``stage done in`` line of the job's log (the
+    log beside the benchmark file: ``logs/<same name>.log``)."""
+    log = benchmark.parent.parent / "logs" / f"{benchmark.stem}.log"
+    found = _STAGE_DONE.findall(log.read_text()) if log.exists() else []
+    if not found:
+        raise ValueError(f"{log}: no 'stage done in' line (the job's log is missing or the job did not finish)")
+    return float(found[-1])
+
+
 def _files(folder: Path, pattern: str) -> list[Path]:
     return sorted((folder / "benchmarks").glob(pattern))
 
 
 def method_cost(results: Path, unit: str, pool: str, method: str, ratio: float) -> dict[str, float]:
-    """Seconds of the feature jobs and of the select job of ``method`` at ``ratio``."""
+    """Seconds (wall, and inside the stage) of the feature jobs and of the select job of ``method`` at ``ratio``."""
     folders = {"pool": results / pool, "unit": results / unit}
-    features = 0.0
+    jobs: list[Path] = []
     for where, pattern in FEATURE_JOBS[method]:
         found = _files(folders[where], pattern)
-        if not found and "[0-9]" in pattern:
+        if not found:
             raise FileNotFoundError(f"no {pattern} under {folders[where]}/benchmarks: did the run include {method}?")
-        features += sum(wall_seconds(p) for p in found)
+        jobs += found
     select = folders["unit"] / "benchmarks" / f"select_{method}.r{ratio:g}.tsv"
     if not select.exists():
-        raise FileNotFoundError(f"{select} not found: is {ratio:g} one of the run's ratios, {method} one of its methods?")
-    s = wall_seconds(select)
-    return {"features_s": features, "select_s": s, "total_s": features + s}
+        raise FileNotFoundError(
+            f"{select} not found: is {ratio:g} one of the run's ratios, {method} one of its methods?"
+        )
+    out = {
+        "features_s": sum(wall_seconds(p) for p in jobs),
+        "features_stage_s": sum(stage_seconds(p) for p in jobs),
+        "select_s": wall_seconds(select),
+        "select_stage_s": stage_seconds(select),
+        "jobs": len(jobs) + 1,
+    }
+    out["total_s"] = out["features_s"] + out["select_s"]
+    out["total_stage_s"] = out["features_stage_s"] + out["select_stage_s"]
+    return out
 
 
 def downstream(results: Path, unit: str, method: str, ratio: float) -> dict[str, float | str | int]:
@@ -120,19 +147,29 @@ def report(results: Path, unit: str, pool: str, ratio: float, methods: Iterable[
 
 
 def markdown(rows: list[dict], ratio: float) -> str:
-    base = {r["method"]: r["total_s"] for r in rows}
+    """The rows as a Markdown table: seconds as ``wall (in stage)``, and each total over infdist's."""
+    base = {r["method"]: r for r in rows}
     lines = [
-        f"| method | features (s) | select at {100 * ratio:g} % (s) | total (s) | vs infdist | "
-        f"{rows[0]['metric']} ({rows[0]['unit']}) |",
-        "|---|---:|---:|---:|---:|---:|",
+        (
+            f"| method | jobs | features (s) | select at {100 * ratio:g} % (s) | total (s) | total / infdist's | "
+            f"{rows[0]['metric']} ({rows[0]['unit']}) |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        speed = r["total_s"] / base["infdist"] if "infdist" in base else float("nan")
+        ratio_wall = ratio_stage = float("nan")
+        if "infdist" in base:
+            ratio_wall = r["total_s"] / base["infdist"]["total_s"]
+            ratio_stage = r["total_stage_s"] / base["infdist"]["total_stage_s"]
         lines.append(
-            f"| {r['method']} | {r['features_s']:.1f} | {r['select_s']:.1f} | {r['total_s']:.1f} | "
-            f"{speed:.2f}x | {r['mean']:.1f} ± {r['std']:.1f} (n={r['seeds']}) |"
+            f"| {r['method']} | {r['jobs']} | {r['features_s']:.1f} ({r['features_stage_s']:.1f}) | "
+            f"{r['select_s']:.1f} ({r['select_stage_s']:.1f}) | {r['total_s']:.1f} ({r['total_stage_s']:.1f}) | "
+            f"{ratio_wall:.2f}x ({ratio_stage:.2f}x) | {r['mean']:.1f} ± {r['std']:.1f} (n={r['seeds']}) |"
         )
-    lines.append(f"\nShared by all three: proxy training {rows[0]['proxy_s']:.1f} s (not counted above).")
+    lines.append(
+        "\nSeconds: wall time of the jobs (in parentheses: inside their stages, without start-up). "
+        f"Shared by all three and not counted: proxy training, {rows[0]['proxy_s']:.1f} s."
+    )
     return "\n".join(lines)
 
 

@@ -213,6 +213,36 @@ def test_tiny_pipeline_tables_and_figures(tiny_run):
 
 
 @pytest.mark.xdist_group("tiny")
+def test_the_infdist_cost_benchmark_reads_the_runs_job_times(tiny_run, tmp_path):
+    tmp, _ = tiny_run
+    out = tmp_path / "cost.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "infdist_cost.py"), str(tmp / "results"), "digits"]
+        + ["--ratio", "0.1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = {r["method"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"infdist", "less", "tarot"} and "| infdist |" in res.stdout
+    bench = tmp / "results" / "digits" / "benchmarks"
+    embed = float((bench / "embed_candidates.tsv").read_text().splitlines()[1].split("\t")[0])
+    for r in rows.values():
+        assert r["features_s"] > 0 and r["total_s"] == pytest.approx(r["features_s"] + r["select_s"])
+        assert r["seeds"] == 1 and 0 <= r["mean"] <= 100
+    assert rows["infdist"]["features_s"] >= embed
+    # a ratio the run did not select at is one line, exit 2
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "infdist_cost.py"), str(tmp / "results"), "digits", "--ratio", "0.3"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.xdist_group("tiny")
 def test_rerun_redoes_only_what_is_missing(tiny_run):
     tmp, cfg = tiny_run
     res = smk("-n", "--configfile", str(cfg))
