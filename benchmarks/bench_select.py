@@ -18,10 +18,20 @@ step leaves them); each approach runs in its own child process so that its peak 
   and the exact ``ot.emd2`` for OTM's rounds while they have ≤ 4·10⁶ entries (faster than
   POT's Sinkhorn there, so this favours the straightforward side).
 
-Both selections are then scored with one evaluator (the library's Sinkhorn on the same
-whitened features), so "OT distance no worse" compares like with like.
+* ``released`` (with ``--reference-dir``): the paper's released code itself, from a local
+  checkout of github.com/vita-epfl/TAROT (run from there, never copied): its
+  ``WFDEstimator.get_wfd`` whitening (joint centring, covariance, Cholesky, fp16 products,
+  the dense candidates × targets score matrix) on the same feature files, then its
+  ``DataSelector.select_data`` with ``fixed_size`` and ``otm`` (GeomLoss Sinkhorn). Its
+  optional imports (``wandb``, ``seaborn``) are stubbed in the child; it needs ``pip install
+  geomloss``. Without the option that side is skipped, saying how to get it.
+
+Every selection is then scored with one evaluator (the library's OT on the same whitened
+features), so "OT distance no worse" compares like with like, and the overlap of each
+selection with the library's is printed.
 
     python benchmarks/bench_select.py [--n 100000] [--m 2000] [--d 1024] [--ratio 0.1] [--folds 5]
+    python benchmarks/bench_select.py --reference-dir ~/src/TAROT --quick   # against the released code
     python benchmarks/bench_select.py --n 1000000 --m 10000 --only library   # the scale target
 """
 
@@ -153,11 +163,89 @@ def sf_otm(x: np.ndarray, t: np.ndarray, folds: int, seed: int = 0) -> np.ndarra
     return np.flatnonzero(union)
 
 
+# ----------------------------------------------------------------- the released code
+REFERENCE_HINT = (
+    "released code: skipped; to compare with it, `git clone https://github.com/vita-epfl/TAROT`, "
+    "`pip install geomloss` and pass --reference-dir <that checkout>"
+)
+
+
+def reference_problem(ref_dir: str | None) -> str | None:
+    """Why the released code cannot run here (None if it can)."""
+    if not ref_dir:
+        return REFERENCE_HINT
+    if not os.path.isfile(os.path.join(ref_dir, "tarot", "data_selector.py")):
+        return f"released code: {ref_dir} has no tarot/data_selector.py (a checkout of vita-epfl/TAROT?)"
+    try:
+        import geomloss  # noqa: F401
+    except ImportError:
+        return "released code: its selector needs GeomLoss (`pip install geomloss`)"
+    return None
+
+
+class _Store:
+    """The one-model gradient store the released ``WFDEstimator.get_wfd`` reads (its saver)."""
+
+    def __init__(self, cand: np.ndarray, targ: np.ndarray) -> None:
+        self.current_store = {"candidate_grads": cand, "target_grads": targ}
+
+    def load_current_store(self, model_id: str) -> None:
+        pass
+
+
+def released(args: argparse.Namespace, cand_path: str, targ_path: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The released code on the benchmark's files: its whitening and scores, then its fixed-size
+    and OTM selections. Returns (fixed, otm, seconds after whitening, seconds after fixed-size)."""
+    import types
+
+    for name in ("wandb", "seaborn"):  # imported at module level, unused by these paths
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.path.insert(0, os.path.abspath(args.reference_dir))
+    import contextlib
+    import io
+    import tempfile
+
+    import torch
+    from tarot.data_selector import DataSelector
+    from tarot.wfd_estimator import WFDEstimator
+
+    est = WFDEstimator.__new__(WFDEstimator)  # only get_wfd runs: no model, no projector
+    est.save_dir = tempfile.mkdtemp(dir=args.out)
+    os.mkdir(os.path.join(est.save_dir, "0"))
+    est.saver = _Store(np.load(cand_path), np.load(targ_path))
+    est.device, est.dtype = "cpu", torch.float32
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        scores, g, g_target = est.get_wfd()
+    t1 = time.perf_counter()
+    cfg = {
+        "device": "cpu",
+        "selection_method": "fixed_size",
+        "selection_ratio": args.ratio,
+        "k_fold_splits": args.folds,
+        "merge_target_data": False,
+        "data_weighting": False,
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        fixed, _ = DataSelector(cfg).select_data(scores, g, g_target)
+    t2 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        otm, _ = DataSelector({**cfg, "selection_method": "otm"}).select_data(scores, g, g_target)
+    return np.asarray(fixed), np.asarray(otm), t1, t2
+
+
 # ----------------------------------------------------------------- children
 def child(approach: str, args: argparse.Namespace) -> dict:
     cand_path, targ_path = data_files(args)
     out: dict = {"approach": approach}
     t0 = time.perf_counter()
+    if approach == "released":
+        fixed, otm, t1, t2 = released(args, cand_path, targ_path)
+        t3 = time.perf_counter()
+        out.update(whiten_s=t1 - t0, fixed_s=t2 - t1, otm_s=t3 - t2, total_s=t3 - t0, sort_s=[])
+        np.save(os.path.join(args.out, f"{approach}_fixed.npy"), np.sort(fixed))
+        np.save(os.path.join(args.out, f"{approach}_otm.npy"), np.sort(otm))
+        return out
     if approach == "library":
         # The pipeline's stages: whiten_features streams both files to WFD files, then
         # the selections read them as memory maps.
@@ -224,7 +312,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "select"))
     p.add_argument("--data", default=None, help="folder for the generated feature files (default: OUT/data)")
-    p.add_argument("--only", choices=["library", "straightforward"], default=None)
+    p.add_argument("--only", choices=["library", "straightforward", "released"], default=None)
+    p.add_argument("--reference-dir", default=None, help="checkout of github.com/vita-epfl/TAROT (the released code)")
     p.add_argument("--quick", action="store_true", help="n=10000, m=500, d=128")
     args = p.parse_args(argv)
     if args.quick:
@@ -238,7 +327,14 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     os.makedirs(args.out, exist_ok=True)
     print(f"n={args.n} m={args.m} d={args.d} ratio={args.ratio} folds={args.folds}, {os.cpu_count()} cores")
-    approaches = [args.only] if args.only else ["library", "straightforward"]
+    approaches = [args.only] if args.only else ["library", "straightforward", "released"]
+    if "released" in approaches:
+        problem = reference_problem(args.reference_dir)
+        if problem is not None:
+            print(problem)
+            approaches.remove("released")
+    if not approaches:
+        return 2
     data_files(args)  # generated once, outside the timed children
     results = [run_child(a, argv) for a in approaches]  # fork before torch is imported here
 
@@ -254,15 +350,38 @@ def main(argv: list[str]) -> int:
             idx = np.load(os.path.join(args.out, f"{res['approach']}_{kind}.npy"))
             res[f"{kind}_size"] = len(idx)
             res[f"{kind}_ot"] = ot_distance(xw[idx], tw).value
+    lib_sel = {}
+    for res in results:
+        if res["approach"] == "library":
+            lib_sel = {k: np.load(os.path.join(args.out, f"library_{k}.npy")) for k in ("fixed", "otm")}
+    for res in results:
+        for kind in ("fixed", "otm"):
+            idx = np.load(os.path.join(args.out, f"{res['approach']}_{kind}.npy"))
+            ref = lib_sel.get(kind)
+            res[f"{kind}_overlap"] = (
+                len(np.intersect1d(idx, ref)) / max(len(idx), len(ref), 1) if ref is not None else float("nan")
+            )
     print(
         f"\n{'approach':<16}{'whiten s':>9}{'fixed s':>9}{'otm s':>9}{'total s':>9}{'peak MiB':>10}"
-        f"{'fixed OT':>10}{'otm size':>9}{'otm OT':>9}"
+        f"{'fixed OT':>10}{'otm size':>9}{'otm OT':>9}{'overlap fixed/otm':>19}"
     )
     for r in results:
         print(
             f"{r['approach']:<16}{r['whiten_s']:>9.1f}{r['fixed_s']:>9.1f}{r['otm_s']:>9.1f}{r['total_s']:>9.1f}"
             f"{r['peak_rss_mib']:>10.0f}{r['fixed_ot']:>10.4f}{r['otm_size']:>9d}{r['otm_ot']:>9.4f}"
+            f"{r['fixed_overlap']:>10.3f}/{r['otm_overlap']:.3f}"
         )
+    by = {r["approach"]: r for r in results}
+    if "library" in by and "released" in by:
+        lib, rel = by["library"], by["released"]
+        print(
+            f"\nagainst the released code: whitening {rel['whiten_s'] / lib['whiten_s']:.1f}x, fixed-size "
+            f"{rel['fixed_s'] / lib['fixed_s']:.1f}x, OTM {rel['otm_s'] / lib['otm_s']:.1f}x, total "
+            f"{rel['total_s'] / lib['total_s']:.1f}x faster; peak memory {lib['peak_rss_mib'] / rel['peak_rss_mib']:.2f} "
+            f"of the released code's; OT distance fixed {lib['fixed_ot']:.4f} vs {rel['fixed_ot']:.4f}, "
+            f"OTM {lib['otm_ot']:.4f} vs {rel['otm_ot']:.4f}"
+        )
+    results = [by[a] for a in ("library", "straightforward") if a in by]
     if len(results) == 2:
         lib, sf = results
         shared = sf["total_s"] - sf["sort_s"][-1]
