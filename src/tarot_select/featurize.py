@@ -53,7 +53,15 @@ from .gradients import (
 from .io import FeatureSet, load_features, open_feature_writer
 from .project import Projector, make_projector
 
-__all__ = ["COMBINE_MODES", "AdamPreconditioner", "Checkpoint", "GradientFeaturizer", "LossFn", "combine_checkpoints"]
+__all__ = [
+    "COMBINE_MODES",
+    "AdamPreconditioner",
+    "Checkpoint",
+    "GradientFeaturizer",
+    "LossFn",
+    "combine_checkpoints",
+    "load_partial_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +221,25 @@ def _progress_total(batches: Any) -> int | None:
         return None
 
 
+def load_partial_state(model: nn.Module, state: Mapping[str, torch.Tensor], label: str) -> None:
+    """Load ``state`` into ``model``: the whole model, or part of it (e.g. LoRA adapters over the
+    model's own weights; loaded with ``strict=False``) but only names the model has.
+
+    Raises
+    ------
+    TarotInputError
+        Naming ``label``, for a key the model does not have or a tensor that does not fit.
+    """
+    live = model.state_dict()
+    unknown = [k for k in state if k not in live]
+    if unknown:
+        raise TarotInputError(f"cannot load {label} into the model: unexpected keys {unknown[:5]}")
+    try:
+        model.load_state_dict(state, strict=len(state) == len(live))
+    except (RuntimeError, KeyError) as exc:
+        raise TarotInputError(f"cannot load {label} into the model: {exc}") from None
+
+
 def check_model_and_loss(model: Any, loss_fn: Any) -> None:
     """Raise :class:`TarotInputError` unless ``model`` is a module and ``loss_fn`` is callable."""
     if not isinstance(model, nn.Module):
@@ -356,10 +383,7 @@ class GradientFeaturizer:
                     if k not in original:
                         original[k] = live[k].detach().to("cpu", copy=True)
                 state = _unalias(state, live, original)
-                try:
-                    model.load_state_dict(state, strict=len(state) == len(live))
-                except (RuntimeError, KeyError) as exc:
-                    raise TarotInputError(f"cannot load {label} into the model: {exc}") from None
+                load_partial_state(model, state, label)
                 del state
                 batches = source()
                 start = 0

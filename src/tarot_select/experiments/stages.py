@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..api import select
 from ..errors import TarotInputError
-from ..featurize import Checkpoint, GradientFeaturizer, combine_checkpoints
+from ..featurize import Checkpoint, GradientFeaturizer, combine_checkpoints, load_partial_state
 from ..gradients import AdamPreconditioner, select_parameters
 from ..infdist import InfdistOptions, choose_landmarks
 from ..io import (
@@ -368,15 +368,9 @@ def embed_candidates(
     data = load_data(task, data_dir)
     entry = proxy_manifest(proxy_dir)[-1]
     model = task.proxy_model()
-    state, _ = task.load_checkpoint(model, Path(proxy_dir) / entry["file"])
-    live = model.state_dict()
-    unknown = [k for k in state if k not in live]
-    if unknown:
-        raise TarotInputError(
-            f"{Path(proxy_dir) / entry['file']}: not a checkpoint of this proxy (unexpected {unknown[:3]}); "
-            "rerun train_proxy"
-        )
-    model.load_state_dict(state, strict=len(state) == len(live))
+    path = Path(proxy_dir) / entry["file"]
+    state, _ = task.load_checkpoint(model, path)
+    load_partial_state(model, state, f"{path} (rerun train_proxy if the proxy settings changed)")
     blocks = task.embedding_blocks(model)
     n_blocks = int(settings["blocks"])
     if n_blocks > len(blocks):
