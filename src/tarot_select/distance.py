@@ -14,8 +14,8 @@ The OT distance between a source set :math:`S` (masses :math:`a`) and a target s
           = \max_{f_i + g_j \le C_{ij}} \langle a, f\rangle + \langle b, g\rangle ,
 
 solved exactly with POT's network simplex (``ot.emd2``) or approximately with the
-log-domain Sinkhorn of :func:`sinkhorn_log` (torch, ε-scaling, adaptive over-relaxation,
-warm starts, row blocks). The dual potentials :math:`f` (on :math:`S`) and :math:`g`
+log-domain Sinkhorn of :func:`sinkhorn_log` (numpy, ε-scaling, adaptive over-relaxation,
+warm starts, row blocks spread over threads). The dual potentials :math:`f` (on :math:`S`) and :math:`g`
 (on :math:`T`) follow the convention above: :math:`f_i` is the marginal cost of putting
 more mass on :math:`s_i`, so a *lower* potential marks a point whose mass lowers the OT
 distance. For Sinkhorn the plan is
@@ -75,11 +75,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from ._validate import check_masses
 from .errors import TarotInputError
@@ -229,22 +231,87 @@ def wfd(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.sqrt((diff * diff).sum(axis=-1))
 
 
-def cost_matrix(
-    x: np.ndarray, y: np.ndarray, dtype: torch.dtype = torch.float32, block_rows: int = 8192
-) -> torch.Tensor:
-    r"""WFD cost matrix :math:`C_{ij} = \lVert x_i - y_j\rVert` as a torch tensor, shape (n, m).
+def _np_dtype(dtype: Any) -> np.dtype:
+    """A numpy dtype from a numpy or torch dtype (``torch.float32`` -> ``float32``)."""
+    if type(dtype).__module__.startswith("torch"):
+        return np.dtype(str(dtype).removeprefix("torch."))
+    return np.dtype(dtype)
+
+
+#: Threads for the row blocks of :func:`cost_matrix`, :func:`sinkhorn_log` and
+#: :func:`dual_lower_bound` (numpy releases the GIL inside its loops).
+THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _map_blocks(fn: Callable[[int, int, int], Any], blocks: Sequence[tuple[int, int]]) -> list[Any]:
+    """``[fn(worker, start, stop) ...]`` over row blocks, on :data:`THREADS` threads.
+
+    ``worker`` (0 .. THREADS-1) picks a private scratch buffer; each worker takes every
+    THREADS-th block, so results come back in block order.
+    """
+    global _POOL
+    if THREADS == 1 or len(blocks) == 1:
+        return [fn(0, s, t) for s, t in blocks]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="tarot-ot")
+
+    def run(w: int) -> list[Any]:
+        return [fn(w, s, t) for s, t in blocks[w::THREADS]]
+
+    parts = list(_POOL.map(run, range(THREADS)))
+    out: list[Any] = [None] * len(blocks)
+    for w, res in enumerate(parts):
+        out[w::THREADS] = res
+    return out
+
+
+def _import_pot() -> Any:
+    """POT, imported on first use (only the exact solver needs it; it takes about a second).
+
+    When torch is not loaded yet, POT is imported without its torch backend
+    (``POT_BACKEND_DISABLE_PYTORCH``, set for the import only): otherwise importing POT
+    imports torch, about 500 MiB of resident memory that nothing in this module uses.
+    Code that wants POT's torch backend in the same process imports torch (or POT) first.
+    """
+    import sys
+
+    if "ot" in sys.modules or "torch" in sys.modules:
+        import ot
+
+        return ot
+    key = "POT_BACKEND_DISABLE_PYTORCH"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        import ot
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+    return ot
+
+
+def cost_matrix(x: np.ndarray, y: np.ndarray, dtype: Any = np.float32, block_rows: int = 8192) -> np.ndarray:
+    r"""WFD cost matrix :math:`C_{ij} = \lVert x_i - y_j\rVert`, shape (n, m), in ``dtype``.
 
     Computed block by block with one matmul each (``x`` may be a memory map); the result
-    is the only (n, m) array. Same formula as :func:`pairwise_wfd`, in ``dtype``.
+    is the only (n, m) array. Same formula as :func:`pairwise_wfd`.
     """
-    yt = torch.as_tensor(np.array(y), dtype=dtype)  # a copy: y may be a read-only memory map
-    ysq = (yt * yt).sum(1)
-    out = torch.empty((x.shape[0], yt.shape[0]), dtype=dtype)
+    dt = _np_dtype(dtype)
+    yt = np.array(y, dtype=dt)  # a copy: y may be a read-only memory map
+    ysq = np.einsum("ij,ij->i", yt, yt)[None, :]
+    out = np.empty((x.shape[0], yt.shape[0]), dtype=dt)
     for start in range(0, x.shape[0], block_rows):
-        xb = torch.as_tensor(np.asarray(x[start : start + block_rows]), dtype=dtype)
+        xb = np.asarray(x[start : start + block_rows], dtype=dt)
         blk = out[start : start + xb.shape[0]]
-        torch.matmul(xb, yt.T, out=blk)
-        blk.mul_(-2.0).add_((xb * xb).sum(1, keepdim=True)).add_(ysq).clamp_(min=0.0).sqrt_()
+        np.matmul(xb, yt.T, out=blk)
+        blk *= -2.0
+        blk += np.einsum("ij,ij->i", xb, xb)[:, None]
+        blk += ysq
+        np.maximum(blk, 0.0, out=blk)
+        np.sqrt(blk, out=blk)
     return out
 
 
@@ -300,7 +367,7 @@ def _next_omega(omega: float, rate: float) -> float:
 
 
 def sinkhorn_log(
-    cost: torch.Tensor,
+    cost: np.ndarray,
     a: np.ndarray,
     b: np.ndarray,
     eps: float,
@@ -342,8 +409,9 @@ def sinkhorn_log(
 
     Parameters
     ----------
-    cost : torch.Tensor, shape (n, m)
-        Cost matrix; its dtype is the compute dtype (float32 halves time and memory).
+    cost : np.ndarray, shape (n, m)
+        Cost matrix (a torch tensor is read as an array); its dtype is the compute dtype
+        (float32 halves time and memory).
     a, b : np.ndarray, shapes (n,), (m,)
         Masses, each summing to one.
     eps : float
@@ -371,42 +439,60 @@ def sinkhorn_log(
         raise TarotInputError(f"Sinkhorn regularisation must be > 0, got eps={eps!r}")
     if not 0 < scaling < 1:
         raise TarotInputError(f"scaling must be in (0, 1), got {scaling!r}")
+    cost = np.asarray(cost)
+    if cost.dtype not in (np.float32, np.float64):
+        cost = cost.astype(np.float64)
     n, m = cost.shape
     dt = cost.dtype
     with np.errstate(divide="ignore"):
-        log_a = torch.as_tensor(np.log(a), dtype=dt)
-        log_b = torch.as_tensor(np.log(b), dtype=dt)
+        log_a = np.log(np.asarray(a, dtype=np.float64)).astype(dt)
+        log_b = np.log(np.asarray(b, dtype=np.float64)).astype(dt)
     rows = max(1, block_entries // max(m, 1))
     blocks = [(s, min(n, s + rows)) for s in range(0, n, rows)]
+    lowest = np.finfo(dt).min
 
-    # One scratch block for every log-sum-exp: allocating a fresh (rows, m) temporary per
-    # block fragments the heap and can double the resident memory of a large problem.
-    buf = torch.empty((min(rows, n), m), dtype=dt)
+    # One scratch block per thread for every log-sum-exp: allocating a fresh (rows, m)
+    # temporary per block fragments the heap and can double the resident memory of a large problem.
+    bufs = [np.empty((min(rows, n), m), dtype=dt) for _ in range(min(THREADS, len(blocks)))]
 
-    def lse(z: torch.Tensor, dim: int) -> torch.Tensor:  # in place on z
-        mx = z.amax(dim=dim, keepdim=True).clamp_(min=torch.finfo(dt).min)
-        return z.sub_(mx).exp_().sum(dim=dim).log_().add_(mx.squeeze(dim))
+    def lse(z: np.ndarray, axis: int) -> np.ndarray:  # in place on z
+        mx = np.maximum(z.max(axis=axis, keepdims=True), lowest)
+        z -= mx
+        np.exp(z, out=z)
+        return np.log(z.sum(axis=axis)) + mx.squeeze(axis)
 
-    def update_g(f: torch.Tensor, e: float) -> torch.Tensor:
-        row = (log_a + f / e)[:, None]
-        parts = torch.empty((len(blocks), m), dtype=dt)
-        for k, (s, t) in enumerate(blocks):
-            parts[k] = lse(torch.add(row[s:t], cost[s:t], alpha=-1.0 / e, out=buf[: t - s]), 0)
-        return -e * lse(parts, 0)
+    def scaled(w: int, s: int, t: int, inv_e: float) -> np.ndarray:
+        z = bufs[w][: t - s]
+        np.multiply(cost[s:t], -inv_e, out=z)
+        return z
 
-    def update_f(g: torch.Tensor, e: float) -> torch.Tensor:
-        col = (log_b + g / e)[None, :]
-        out = torch.empty(n, dtype=dt)
-        for s, t in blocks:
-            out[s:t] = lse(torch.add(col, cost[s:t], alpha=-1.0 / e, out=buf[: t - s]), 1)
-        return out.mul_(-e)
+    def update_g(f: np.ndarray, e: float) -> np.ndarray:
+        row = (log_a + f / e).astype(dt)[:, None]
 
-    cmax = float(cost.max()) if cost.numel() else 0.0
+        def part(w: int, s: int, t: int) -> np.ndarray:
+            z = scaled(w, s, t, 1.0 / e)
+            z += row[s:t]
+            return lse(z, 0)
+
+        parts = np.stack(_map_blocks(part, blocks))
+        return (-e * lse(parts, 0)).astype(dt)
+
+    def update_f(g: np.ndarray, e: float) -> np.ndarray:
+        col = (log_b + g / e).astype(dt)[None, :]
+
+        def part(w: int, s: int, t: int) -> np.ndarray:
+            z = scaled(w, s, t, 1.0 / e)
+            z += col
+            return lse(z, 1)
+
+        return (-e * np.concatenate(_map_blocks(part, blocks))).astype(dt)
+
+    cmax = float(cost.max()) if cost.size else 0.0
     if g_init is not None:
-        g = torch.as_tensor(np.asarray(g_init), dtype=dt).clone()
+        g = np.array(g_init, dtype=dt)
         schedule: list[float] = []
     else:
-        g = torch.zeros(m, dtype=dt)
+        g = np.zeros(m, dtype=dt)
         schedule = []
         e = max(cmax, eps)
         while e > eps:
@@ -418,15 +504,15 @@ def sinkhorn_log(
         g = update_g(f, e)
         f = update_f(g, e)
         n_iter += 1
-    tol_eff = max(tol, FLOAT32_TOL) if dt == torch.float32 else tol
-    b_t = torch.as_tensor(b, dtype=dt)
+    tol_eff = max(tol, FLOAT32_TOL) if dt == np.float32 else tol
+    b_arr = np.asarray(b, dtype=dt)
     err, best, since = math.inf, math.inf, 0
     converged = False
     omega, errs, last_estimate = 1.0, [], 0
     relaxed_f = False  # the current f is a relaxed (not a plain) update
     while n_iter < max_iter:
         g_new = update_g(f, eps)
-        err = float((b_t * torch.expm1((g - g_new) / eps).abs()).sum())
+        err = float((b_arr * np.abs(np.expm1((g - g_new) / eps))).sum())
         if err <= tol_eff or not math.isfinite(err):
             g = g_new
             f, relaxed_f = update_f(g, eps), False
@@ -435,7 +521,7 @@ def sinkhorn_log(
             break
         if err < 0.9 * best:
             best, since = err, 0
-        elif dt == torch.float32 and err < 100 * FLOAT32_TOL:
+        elif dt == np.float32 and err < 100 * FLOAT32_TOL:
             since += 1
             if since >= STALL_ITERS:  # float32 rounding floor: more iterations cannot help
                 break
@@ -452,27 +538,38 @@ def sinkhorn_log(
             g = g_new
             f, relaxed_f = update_f(g, eps), False
         else:
-            g = g.add_(g_new.sub_(g), alpha=omega)
+            g = (g + omega * (g_new - g)).astype(dt)
             f_new = update_f(g, eps)
-            f, relaxed_f = f.add_(f_new.sub_(f), alpha=omega), True
+            f, relaxed_f = (f + omega * (f_new - f)).astype(dt), True
         n_iter += 1
     if relaxed_f:  # exact row sums for the returned plan
         f = update_f(g, eps)
-    value, row_err = 0.0, 0.0
-    col_sum = torch.zeros(m, dtype=torch.float64)
-    row, col = log_a + f / eps, (log_b + g / eps)[None, :]
-    a64 = torch.as_tensor(a, dtype=torch.float64)
-    for s, t in blocks:
-        p = torch.add(col, cost[s:t], alpha=-1.0 / eps, out=buf[: t - s]).add_(row[s:t, None]).exp_()
-        col_sum += p.sum(0, dtype=torch.float64)
-        row_err += float((p.sum(1, dtype=torch.float64) - a64[s:t]).abs().sum())
-        value += float(p.mul_(cost[s:t]).sum(dtype=torch.float64))
-    plan_error = row_err + float((col_sum - torch.as_tensor(b, dtype=torch.float64)).abs().sum())
+    row = (log_a + f / eps).astype(dt)[:, None]
+    col = (log_b + g / eps).astype(dt)[None, :]
+    a64 = np.asarray(a, dtype=np.float64)
+
+    def plan_part(w: int, s: int, t: int) -> tuple[np.ndarray, float, float]:
+        p = scaled(w, s, t, 1.0 / eps)
+        p += col
+        p += row[s:t]
+        np.exp(p, out=p)
+        col_sum = p.sum(0, dtype=np.float64)
+        row_err = float(np.abs(p.sum(1, dtype=np.float64) - a64[s:t]).sum())
+        p *= cost[s:t]
+        return col_sum, row_err, float(p.sum(dtype=np.float64))
+
+    parts = _map_blocks(plan_part, blocks)
+    col_sum = np.sum([c for c, _, _ in parts], axis=0)
+    row_err = sum(r for _, r, _ in parts)
+    value = sum(v for _, _, v in parts)
+    plan_error = row_err + float(np.abs(col_sum - np.asarray(b, dtype=np.float64)).sum())
     log.debug("sinkhorn %dx%d eps=%.3g: %d iterations, marginal error %.2g, omega %.2f", n, m, eps, n_iter, err, omega)
-    return SinkhornResult(value, f.double().numpy(), g.double().numpy(), n_iter, err, converged, plan_error, omega)
+    return SinkhornResult(
+        float(value), f.astype(np.float64), g.astype(np.float64), n_iter, err, converged, plan_error, omega
+    )
 
 
-def dual_lower_bound(cost: torch.Tensor | np.ndarray, a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
+def dual_lower_bound(cost: np.ndarray, a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
     r"""Certified lower bound on the exact OT value from any source potentials :math:`f`.
 
     .. math:: g^c_j = \min_i (C_{ij} - f_i),\qquad f^{cc}_i = \min_j (C_{ij} - g^c_j),\qquad
@@ -483,22 +580,20 @@ def dual_lower_bound(cost: torch.Tensor | np.ndarray, a: np.ndarray, b: np.ndarr
 
     Parameters
     ----------
-    cost : torch.Tensor or np.ndarray, shape (n, m)
+    cost : np.ndarray, shape (n, m)
+        (A torch tensor is read as an array.)
     a, b : np.ndarray, shapes (n,), (m,)
         Masses (summing to one).
     f : np.ndarray, shape (n,)
     """
-    ct = torch.as_tensor(cost)
+    ct = np.asarray(cost)
     n, m = ct.shape
     rows = max(1, BLOCK_ENTRIES // max(m, 1))
-    f_t = torch.as_tensor(np.asarray(f), dtype=ct.dtype)
-    g_c = torch.full((m,), math.inf, dtype=ct.dtype)
-    for s in range(0, n, rows):
-        g_c = torch.minimum(g_c, (ct[s : s + rows] - f_t[s : s + rows, None]).amin(0))
-    f_cc = torch.empty(n, dtype=ct.dtype)
-    for s in range(0, n, rows):
-        f_cc[s : s + rows] = (ct[s : s + rows] - g_c[None, :]).amin(1)
-    return float(np.dot(a, f_cc.double().numpy()) + np.dot(b, g_c.double().numpy()))
+    blocks = [(s, min(n, s + rows)) for s in range(0, n, rows)]
+    f_t = np.asarray(f, dtype=ct.dtype)
+    g_c = np.min(_map_blocks(lambda w, s, t: (ct[s:t] - f_t[s:t, None]).min(0), blocks), axis=0)
+    f_cc = np.concatenate(_map_blocks(lambda w, s, t: (ct[s:t] - g_c[None, :]).min(1), blocks))
+    return float(np.dot(a, f_cc.astype(np.float64)) + np.dot(b, g_c.astype(np.float64)))
 
 
 @dataclass(frozen=True)
@@ -623,7 +718,7 @@ def ot_distance(
     if method == "auto":
         method = choose_solver(n, m, warm_start=g_init is not None, max_exact_entries=max_exact_entries)
     if method == "exact":
-        import ot  # POT takes ~1 s to import; only the exact solver needs it
+        ot = _import_pot()
 
         c = pairwise_wfd(source, target) if cost is None else np.asarray(cost, dtype=np.float64)
         value, logd = ot.emd2(a_, b_, c, log=True, numItermax=max(100_000, 50 * n * m))
@@ -636,11 +731,11 @@ def ot_distance(
             bound = max(float(value) - lower, 0.0)
         return OTResult(float(value), "exact", u, v, 0.0, converged, bound, lower, requested)
 
-    dtype = torch.float64 if n * m <= FLOAT64_MAX_ENTRIES else torch.float32
+    dtype = np.float64 if n * m <= FLOAT64_MAX_ENTRIES else np.float32
     if cost is None:
         ct = cost_matrix(source, target, dtype)
     else:
-        ct = torch.as_tensor(np.asarray(cost), dtype=dtype)
+        ct = np.asarray(cost, dtype=dtype)
     cmax = float(ct.max())
     eps = reg * cmax if cmax > 0 else reg
     if not eps > 0:

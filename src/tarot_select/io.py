@@ -29,6 +29,7 @@ import platform
 import re
 import secrets
 import socket
+import sys
 import threading
 import tokenize
 import zipfile
@@ -137,14 +138,28 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return p.with_suffix(".json") if p.suffix and p.suffix != ".json" else p.with_name(p.name + ".json")
 
 
+#: Modules whose versions go into sidecars, with their distribution names.
+_VERSIONED = {"torch": "torch", "ot": "POT", "scipy": "scipy", "tarot_select": "tarot-select"}
+
+
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape the numbers, for provenance."""
+    """Versions of the libraries that shape the numbers, for provenance.
+
+    A module already imported reports its own ``__version__``; one that is not is not
+    imported for this (importing torch costs seconds and hundreds of MiB): its installed
+    distribution's version is read from the package metadata instead.
+    """
+    from importlib import metadata
+
     versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for name in ("torch", "ot", "scipy", "tarot_select"):
+    for name, dist in _VERSIONED.items():
+        mod = sys.modules.get(name)
+        if mod is not None and getattr(mod, "__version__", None) is not None:
+            versions[name] = str(mod.__version__)
+            continue
         try:
-            mod = __import__(name)
-            versions[name] = str(getattr(mod, "__version__", "unknown"))
-        except ImportError:  # pragma: no cover - optional at read time
+            versions[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover - optional at read time
             continue
     return versions
 

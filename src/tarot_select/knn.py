@@ -6,32 +6,37 @@ distance :math:`\lVert x_i - y_j\rVert` are found by maximising the score
 vectors). Candidates are read ``block_rows`` rows at a time (memory maps stay on disk),
 each block's scores against all targets come from one matmul, and a running top-k per
 target is merged block by block, so the dense candidates × targets matrix never exists.
-Memory is :math:`O(\text{block\_rows}\cdot m + m k)`.
+Memory is :math:`O(\text{block\_rows}\cdot m + m k)`. Only an entry above its target's
+current :math:`k`-th best score enters the merge, so after the first blocks the cost is
+the matmul (numpy's BLAS, float32) and one comparison per score.
+
+Shards: lists searched over disjoint candidate ranges merge into the lists of the whole
+pool (:func:`merge_neighbors`), the same as one search: a pool too large for one job is
+searched by several (the workflow's ``whiten.neighbor_shards``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .errors import TarotInputError
 from .io import load_npz, release_rows, save_npz
 
-__all__ = ["Neighbors", "TopK", "nearest_neighbors"]
+__all__ = ["Neighbors", "TopK", "merge_neighbors", "nearest_neighbors"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Neighbors:
-    """``k`` nearest candidates of each target.
+    r"""``k`` nearest candidates of each target.
 
     Attributes
     ----------
@@ -41,11 +46,15 @@ class Neighbors:
         The matching WFD distances, non-decreasing along each row.
     n_candidates : int, optional
         Size of the pool searched (-1 if unknown); :meth:`check` compares it.
+    scores : np.ndarray, shape (m, k), float32, optional
+        The search's scores :math:`2x^{\top} y - \Vert x\Vert^2` (what it ranked by), kept so
+        that lists of shards merge exactly (:func:`merge_neighbors`).
     """
 
     indices: np.ndarray
     distances: np.ndarray
     n_candidates: int = -1
+    scores: np.ndarray | None = None
 
     @property
     def k(self) -> int:
@@ -70,9 +79,12 @@ class Neighbors:
 
         ``meta`` is recorded in the sidecar (e.g. the feature file searched).
         """
+        arrays = {"indices": self.indices, "distances": self.distances, "n_candidates": np.int64(self.n_candidates)}
+        if self.scores is not None:
+            arrays["scores"] = self.scores
         save_npz(
             path,
-            {"indices": self.indices, "distances": self.distances, "n_candidates": np.int64(self.n_candidates)},
+            arrays,
             {
                 "k": self.k,
                 "n_candidates": int(self.n_candidates),
@@ -100,25 +112,50 @@ class Neighbors:
                 f"{path}: not neighbour lists (indices {idx.dtype}, distances {dist.dtype}, n_candidates {n.shape}); "
                 "delete it and rerun the step that made it (snakemake reruns it)"
             )
-        return cls(idx.astype(np.int64), dist, int(n))
+        scores = None
+        with np.load(path) as raw:
+            if "scores" in raw.files:
+                scores = np.asarray(raw["scores"], dtype=np.float32)
+        if scores is not None and scores.shape != idx.shape:
+            raise TarotInputError(f"{path}: scores of shape {scores.shape} for lists of shape {idx.shape}")
+        return cls(idx.astype(np.int64), dist, int(n), scores)
 
 
-def _block_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top ``k`` of every row of ``scores`` (m, b), ties at the cut going to the lower column.
+#: Score entries (targets × candidate rows) per matmul of :class:`TopK` (64 MiB of float32).
+BLOCK_ENTRIES = 1 << 24
 
-    ``torch.topk`` breaks ties at the cut arbitrarily, so with tied distances a search for
-    ``k`` neighbours and one for ``4k`` could disagree on the first ``k`` (and a later rank
-    could repeat a candidate). Here every score above the row's k-th largest is kept, and
-    of those equal to it the lowest columns fill the rest: exactly ``k`` per row.
+
+def _merge_rows(
+    rows: np.ndarray, scores: np.ndarray, index: np.ndarray, extra: np.ndarray | None, m: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The best ``k`` entries (score descending, then index ascending) of every row 0..m-1.
+
+    ``rows``, ``scores``, ``index`` (and ``extra``, carried along) are flat, one per entry;
+    every row must hold at least ``k`` of them.
     """
-    s, _ = torch.topk(scores, k, dim=1, sorted=False)
-    kth = s.min(dim=1, keepdim=True).values
-    above = scores > kth
-    equal = scores == kth
-    room = k - above.sum(dim=1, keepdim=True)
-    keep = above | (equal & (torch.cumsum(equal, dim=1) <= room))
-    cols = torch.nonzero(keep)[:, 1].view(scores.shape[0], k)  # row-major: k per row, in column order
-    return torch.gather(scores, 1, cols), cols
+    order = np.lexsort((index, -scores, rows))  # row by row, best first inside a row
+    first = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=m))[:-1]))
+    take = order[(first[:, None] + np.arange(k)[None, :]).ravel()]
+    more = None if extra is None else extra[take].reshape(m, k)
+    return scores[take].reshape(m, k), index[take].reshape(m, k), more
+
+
+def _above(scores: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the entries of ``scores`` (m, b) above their row's ``cut``.
+
+    Few entries pass once the lists are full, so the boolean mask is scanned eight bytes at
+    a time and only the words holding a pass are expanded (about 10x faster than
+    ``np.nonzero`` on the mask).
+    """
+    mask = scores > cut[:, None]
+    flat = mask.reshape(-1)
+    words = flat.size // 8
+    hits = np.flatnonzero(flat[: words * 8].view(np.uint64))
+    idx = (hits[:, None] * 8 + np.arange(8)).reshape(-1)
+    tail = np.arange(words * 8, flat.size)
+    idx = np.concatenate((idx, tail))
+    idx = idx[flat[idx]]
+    return np.divmod(idx, scores.shape[1])
 
 
 class TopK:
@@ -130,42 +167,104 @@ class TopK:
     k : int
         Neighbours to keep per target.
 
-    Each :meth:`add` scores a block :math:`X_b` against all targets with one matmul,
-    :math:`S = 2YX_b^\top - \mathbf{1}\lVert x\rVert^{2\top}` (shape (m, b)), keeps its
-    per-target top-k and merges it into the running lists; ties go to the lower index.
+    Each :meth:`add` scores the block :math:`X_b` against all targets with float32
+    matmuls, :math:`S = 2YX_b^\top - \mathbf{1}\lVert x\rVert^{2\top}` (shape (m, b), at
+    most :data:`BLOCK_ENTRIES` entries at once), and merges into the running lists only
+    the entries strictly above their target's current :math:`k`-th best score (an equal
+    score of a later candidate ranks after the earlier one anyway). While a list is not
+    full, a row's cut is the block's own :math:`k`-th best score, ties included. The
+    result is the exact top-k with ties to the lower index, whatever the block sizes.
     """
 
     def __init__(self, targets: np.ndarray, k: int) -> None:
-        self.y = torch.from_numpy(np.array(targets, dtype=np.float32))  # (m, d), a writable copy
+        self.y = np.array(targets, dtype=np.float32)  # (m, d), a writable copy
         m = self.y.shape[0]
         self.k = int(k)
-        self.best_s = torch.full((m, self.k), -torch.inf)
-        self.best_i = torch.zeros((m, self.k), dtype=torch.int64)
+        if self.k < 1:
+            raise TarotInputError(f"k must be >= 1, got {k}")
+        self.best_s = np.full((m, self.k), -np.inf, dtype=np.float32)
+        self.best_i = np.zeros((m, self.k), dtype=np.int64)
         self.seen = 0
 
-    def add(self, block: np.ndarray | torch.Tensor, start: int) -> None:
+    @property
+    def block_rows(self) -> int:
+        """Candidate rows per matmul (a score block of about :data:`BLOCK_ENTRIES` entries)."""
+        return max(256, BLOCK_ENTRIES // max(1, self.y.shape[0]))
+
+    def add(self, block: np.ndarray, start: int) -> None:
         """Merge candidates ``start .. start + len(block)`` (rows of ``block``, shape (b, d))."""
-        x = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block, dtype=np.float32))
-        scores = torch.addmm(-(x * x).sum(1)[None, :], self.y, x.T, alpha=2.0)  # (m, b), rows contiguous
-        s, i = _block_topk(scores, min(self.k, x.shape[0]))
-        all_s = torch.cat([self.best_s, s], 1)
-        all_i = torch.cat([self.best_i, i + start], 1)
-        # deterministic tie-break: sort by (score desc, index asc)
-        order = torch.argsort(all_i, dim=1, stable=True)
-        all_s = torch.gather(all_s, 1, order)
-        all_i = torch.gather(all_i, 1, order)
-        top = torch.argsort(-all_s, dim=1, stable=True)[:, : self.k]
-        self.best_s = torch.gather(all_s, 1, top)
-        self.best_i = torch.gather(all_i, 1, top)
-        self.seen += x.shape[0]
+        x = np.asarray(block, dtype=np.float32)
+        m, k = self.y.shape[0], self.k
+        rows_all = np.repeat(np.arange(m), k)
+        for s0 in range(0, x.shape[0], self.block_rows):
+            xb = x[s0 : s0 + self.block_rows]
+            scores = self.y @ xb.T  # (m, b)
+            scores *= 2.0
+            scores -= np.einsum("ij,ij->i", xb, xb)[None, :]
+            cut = self.best_s[:, -1]
+            if np.isneginf(cut).any():  # a list is not full: the block's own k-th best, ties kept
+                kk = min(k, xb.shape[0])
+                own = np.partition(scores, xb.shape[0] - kk, axis=1)[:, xb.shape[0] - kk]
+                cut = np.maximum(cut, np.nextafter(own, np.float32(-np.inf)))
+            rows, cols = _above(scores, cut)
+            if rows.size:
+                self.best_s, self.best_i, _ = _merge_rows(
+                    np.concatenate((rows_all, rows)),
+                    np.concatenate((self.best_s.ravel(), scores[rows, cols])),
+                    np.concatenate((self.best_i.ravel(), cols + (start + s0))),
+                    None,
+                    m,
+                    k,
+                )
+            self.seen += xb.shape[0]
 
     def result(self) -> Neighbors:
-        r"""The lists so far, with distances :math:`\sqrt{\lVert y\rVert^2 - S}`."""
+        r"""The lists so far, with distances :math:`\sqrt{\lVert y\rVert^2 - S}` and their scores."""
         if self.seen < self.k:
             raise TarotInputError(f"k must be in [1, {self.seen}] (the pool size), got {self.k}")
-        ysq = (self.y * self.y).sum(1)[:, None]
-        dist = torch.sqrt(torch.clamp(ysq - self.best_s, min=0.0))
-        return Neighbors(indices=self.best_i.numpy(), distances=dist.numpy(), n_candidates=self.seen)
+        ysq = np.einsum("ij,ij->i", self.y, self.y)[:, None]
+        dist = np.sqrt(np.maximum(ysq - self.best_s, 0.0)).astype(np.float32)
+        return Neighbors(self.best_i.copy(), dist, self.seen, self.best_s.copy())
+
+
+def merge_neighbors(parts: Sequence[Neighbors], k: int | None = None) -> Neighbors:
+    """Lists of disjoint candidate ranges (global indices) merged into those of the whole pool.
+
+    Equal to one search over all the candidates (same ranking: score descending, ties to
+    the lower index), provided every part kept at least ``k`` neighbours (or all of its
+    candidates). ``n_candidates`` of the result is the parts' sum.
+
+    Parameters
+    ----------
+    parts : sequence of Neighbors
+        One per shard, each with ``scores`` (as :meth:`TopK.result` writes them).
+    k : int, optional
+        Neighbours per target of the result (default: the largest ``k`` of the parts).
+    """
+    if not parts:
+        raise TarotInputError("no neighbour lists to merge")
+    m = parts[0].indices.shape[0]
+    for p in parts:
+        if p.scores is None:
+            raise TarotInputError("neighbour lists without scores cannot be merged; rerun the shard searches")
+        if p.indices.shape[0] != m:
+            raise TarotInputError(f"neighbour lists cover {p.indices.shape[0]} and {m} targets: not one search")
+    n = sum(max(p.n_candidates, 0) for p in parts)
+    k_out = min(int(k) if k is not None else max(p.k for p in parts), sum(p.k for p in parts))
+    for p in parts:
+        if p.k < min(k_out, p.n_candidates):
+            raise TarotInputError(f"a shard kept {p.k} neighbours per target, the merged lists need {k_out}")
+    s, i, d = _merge_rows(
+        np.concatenate([np.repeat(np.arange(m), p.k) for p in parts]),
+        np.concatenate([p.scores.ravel() for p in parts]),  # type: ignore[union-attr]
+        np.concatenate([p.indices.ravel() for p in parts]),
+        np.concatenate([p.distances.ravel() for p in parts]),
+        m,
+        k_out,
+    )
+    if (np.diff(np.sort(i, axis=1), axis=1) == 0).any():
+        raise TarotInputError("merged neighbour lists repeat a candidate: the shards overlap")
+    return Neighbors(i, d, n, s)
 
 
 def nearest_neighbors(
@@ -197,7 +296,7 @@ def nearest_neighbors(
         raise TarotInputError(f"k must be in [1, {n}] (the pool size), got {k}")
     top = TopK(targets, k)
     for start in tqdm(range(0, n, block_rows), desc="nearest neighbours", disable=not progress, unit="block"):
-        x = torch.from_numpy(np.array(candidates[start : start + block_rows], dtype=np.float32))
+        x = np.asarray(candidates[start : start + block_rows], dtype=np.float32)
         release_rows(candidates, start, start + x.shape[0])
         top.add(x, start)
     return top.result()

@@ -62,3 +62,33 @@ def test_tied_distances_give_the_same_first_ranks_whatever_k_and_block_size():
     cols = np.stack([ranks.column(r) for r in range(len(x))], 1)
     assert all(len(set(row)) == len(x) for row in cols)
     assert sorted(select_fixed_size(x, y, budget=len(x)).indices) == list(range(len(x)))
+
+
+def test_shards_merge_into_one_search_with_ties_and_short_shards(rng):
+    from tarot_select.knn import TopK, merge_neighbors
+
+    x = unit_rows(rng.normal(size=(203, 6))).astype(np.float32)
+    x[10:14] = x[3]  # ties across shard borders
+    y = np.concatenate([x[3:4], unit_rows(rng.normal(size=(14, 6)))]).astype(np.float32)
+    whole = nearest_neighbors(x, y, k=12, block_rows=50)
+    for edges in ([0, 5, 12, 100, 203], [0, 101, 203], [0, 3, 203]):
+        parts = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            top = TopK(y, min(12, hi - lo))
+            top.add(x[lo:hi], lo)
+            parts.append(top.result())
+        merged = merge_neighbors(parts, k=12)
+        np.testing.assert_array_equal(merged.indices, whole.indices)
+        np.testing.assert_array_equal(merged.distances, whole.distances)
+    assert whole.indices[0, :5].tolist() == [3, 10, 11, 12, 13]  # the tie, lower index first
+
+
+def test_topk_equals_a_float64_brute_force_whatever_the_block_size(rng):
+    # the numpy path keeps only entries above each target's running k-th score: its lists
+    # must still be the exact top-k (no near-ties in this data, so float32 agrees with float64)
+    x = rng.normal(size=(3000, 24))
+    y = rng.normal(size=(30, 24))
+    dist = np.linalg.norm(y[:, None, :] - x[None, :, :], axis=-1)
+    expected = np.argsort(dist, axis=1, kind="stable")[:, :20]
+    for block in (1, 7, 256, 5000):
+        np.testing.assert_array_equal(nearest_neighbors(x, y, k=20, block_rows=block).indices, expected)

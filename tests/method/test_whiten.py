@@ -101,3 +101,64 @@ def test_bad_input():
     w = Whitener().fit(np.random.default_rng(0).normal(size=(10, 3)))
     with pytest.raises(TarotInputError, match="3 dims"):
         w.transform(np.ones((2, 4)))
+
+
+def test_file_whitening_equals_the_float64_fit_on_an_ill_conditioned_offset_spectrum(tmp_path, rng):
+    # float32 features with variances over six decades around a large common offset: the
+    # shifted float64 sums must give the float64 reference's whitened rows and neighbours
+    from tarot_select.io import save_features
+    from tarot_select.knn import Neighbors, nearest_neighbors
+    from tarot_select.whiten import whiten_files
+
+    d = 32
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    sd = np.logspace(0, -3, d)
+    cand = ((rng.normal(size=(6000, d)) * sd) @ q.T + 50.0).astype(np.float32)
+    targ = ((rng.normal(size=(80, d)) * sd) @ q.T + 50.0).astype(np.float32)
+    save_features(tmp_path / "c.npy", cand)
+    save_features(tmp_path / "t.npy", targ)
+    out = whiten_files(
+        tmp_path / "c.npy",
+        tmp_path / "t.npy",
+        tmp_path / "wc.npy",
+        tmp_path / "wt.npy",
+        out_neighbors=tmp_path / "nb.npz",
+        neighbors_k=8,
+        block_rows=1000,
+    )
+    ref = Whitener("cholesky", compute_dtype=np.float64).fit(cand.astype(np.float64), targ.astype(np.float64))
+    zc, zt = ref.transform(cand.astype(np.float64)), ref.transform(targ.astype(np.float64))
+    got_c, got_t = np.load(tmp_path / "wc.npy"), np.load(tmp_path / "wt.npy")
+    # (the float32 transform of rows near 50 resolves them to ~3e-6: 1e-4 after whitening)
+    assert np.abs(got_c - zc).max() < 5e-4 and np.abs(got_t - zt).max() < 5e-4
+    joint = np.concatenate([got_c, got_t]).astype(np.float64)
+    assert out.whitener.ridge_ > 0 and set(out.seconds) == {"fit", "transform", "neighbors"}
+    expected = nearest_neighbors(zc, zt, k=8).indices
+    assert (Neighbors.load(tmp_path / "nb.npz").indices == expected).mean() > 0.99
+    assert np.allclose(np.linalg.norm(joint, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_selection_path_does_not_import_torch(tmp_path):
+    # whitening, neighbour search, OT and both OT selections run on numpy/scipy/POT only:
+    # importing torch would cost about 500 MiB of resident memory
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "sys.modules['geomloss'] = None\n"  # POT imports GeomLoss (and torch) when it is installed
+        "from tarot_select import api\n"
+        "from tarot_select.whiten import whiten_files\n"
+        "from tarot_select.io import save_features\n"
+        "rng = np.random.default_rng(0)\n"
+        f"d = {str(tmp_path)!r}\n"
+        "save_features(d + '/c.npy', rng.normal(size=(400, 8)).astype(np.float32))\n"
+        "save_features(d + '/t.npy', rng.normal(size=(30, 8)).astype(np.float32))\n"
+        "whiten_files(d + '/c.npy', d + '/t.npy', d + '/wc.npy', d + '/wt.npy', out_neighbors=d + '/n.npz')\n"
+        "c, t = np.load(d + '/wc.npy'), np.load(d + '/wt.npy')\n"
+        "api.select('tarot', c, t, ratio=0.2, wfd_features=(c, t))\n"
+        "api.select('otm', c, t, n_folds=3, wfd_features=(c, t))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
