@@ -95,3 +95,54 @@ def test_gather_rejects_out_of_order_shards(tmp_path):
     )
     with pytest.raises(TarotInputError, match="whitening statistics cover"):
         whiten_features(paths[0], paths[1], tmp_path / "a.npy", tmp_path / "b.npy", stats=[str(stats)])
+
+
+def _wfd_files(tmp_path, rng, n=900, m=40, d=12):
+    """Whitened candidate and target files, with the whitening pass's own neighbour lists."""
+    from tarot_select.io import save_features
+
+    cand = rng.normal(size=(n, d)) + np.repeat(rng.normal(size=(9, d)) * 3, n // 9, axis=0)
+    cand[5] = cand[6]  # an exact tie: the lower index must rank first in every shard layout
+    targ = rng.normal(size=(m, d))
+    save_features(tmp_path / "c.npy", cand.astype(np.float32))
+    save_features(tmp_path / "t.npy", targ.astype(np.float32))
+    wc, wt, wn = tmp_path / "wc.npy", tmp_path / "wt.npy", tmp_path / "wn.npz"
+    whiten_features(tmp_path / "c.npy", tmp_path / "t.npy", wc, wt, out_neighbors=wn, neighbors_k=10)
+    return wc, wt, wn
+
+
+@pytest.mark.parametrize("shards", [2, 3, 7])
+def test_sharded_neighbour_search_merges_into_the_single_pass_lists(tmp_path, rng, shards):
+    from tarot_select.experiments.stages import merge_neighbor_shards, neighbor_shard
+    from tarot_select.knn import Neighbors
+
+    wc, wt, wn = _wfd_files(tmp_path, rng)
+    parts = []
+    for s in range(shards):
+        parts.append(str(tmp_path / f"part{s}.npz"))
+        neighbor_shard(wc, wt, parts[-1], k=10, shard=s, shards=shards)
+    merge_neighbor_shards(parts, tmp_path / "merged.npz", k=10, features=wc)
+    one, merged = Neighbors.load(wn), Neighbors.load(tmp_path / "merged.npz")
+    np.testing.assert_array_equal(merged.indices, one.indices)
+    np.testing.assert_array_equal(merged.distances, one.distances)
+    assert merged.n_candidates == one.n_candidates == 900
+    # and the selections built on them are the same
+    c, t = load_features(wc).array, load_features(wt).array
+    a = select("tarot", c, t, ratio=0.1, wfd_features=(c, t), neighbors=one)
+    b = select("tarot", c, t, ratio=0.1, wfd_features=(c, t), neighbors=merged)
+    assert np.array_equal(a.indices, b.indices)
+
+
+def test_merging_overlapping_or_scoreless_shards_is_refused(tmp_path, rng):
+    from tarot_select.experiments.stages import neighbor_shard
+    from tarot_select.knn import Neighbors, merge_neighbors
+
+    wc, wt, wn = _wfd_files(tmp_path, rng)
+    neighbor_shard(wc, wt, tmp_path / "p0.npz", k=10, shard=0, shards=2)
+    p0 = Neighbors.load(tmp_path / "p0.npz")
+    with pytest.raises(TarotInputError, match="overlap"):
+        merge_neighbors([p0, p0])
+    with pytest.raises(TarotInputError, match="without scores"):
+        merge_neighbors([Neighbors(p0.indices, p0.distances, p0.n_candidates)])
+    with pytest.raises(TarotInputError, match="not in 0..1|outside 0..1"):
+        neighbor_shard(wc, wt, tmp_path / "p9.npz", k=10, shard=2, shards=2)

@@ -25,11 +25,14 @@ from smk_helpers import smk, write_config
 
 # the SLURM run: LESS (Adam-preconditioned shards), TAROT (plain and weighted: the weighted
 # comparison sets every method's repetition), OTM and the full-pool reference
+# The neighbour search runs as 2 SLURM jobs (neighbors_shard) merged by a third: its lists
+# must equal those of the local run's single whitening pass.
 SLURM_CHANGES = {
     "methods": ["tarot", "less"],
     "ratios": [0.1],
     "references": ["full"],
     "lds.enabled": False,
+    "whitening.neighbor_shards": 2,
 }
 
 
@@ -94,6 +97,13 @@ def test_slurm_run_equals_local_run(slurm_ready, tiny_run, tmp_path):
         fa = np.load(local / "digits" / "features" / f"{name}.npy")
         fb = np.load(remote / "digits" / "features" / f"{name}.npy")
         np.testing.assert_array_equal(fa, fb, err_msg=name)
+    # the sharded neighbour search merged into the single pass's lists
+    assert (remote / "digits" / "features" / "neighbor_shards" / "wfd.1.npz").exists()
+    for key in ("indices", "distances"):
+        with np.load(local / "digits" / "features" / "wfd_neighbors.npz") as a, np.load(
+            remote / "digits" / "features" / "wfd_neighbors.npz"
+        ) as b:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     # the table's rows for these selections match the local table's
     local_rows = set((local / "tables" / "digits.csv").read_text().splitlines()[1:])
     remote_rows = (remote / "tables" / "digits.csv").read_text().splitlines()[1:]

@@ -314,3 +314,12 @@ def torch_env(wildcards):
     """The conda env file of a torch job, as the task's settings choose (``conda_env``):
     envs/torch.yaml, or envs/mmseg.yaml for the segmentation task's mmseg backend."""
     return f"../../envs/{plan.task_env(config, pool_of(wildcards.task))}.yaml"
+
+
+def neighbor_shard_files(wildcards):
+    """The per-shard neighbour lists of one WFD feature set (whitening.neighbor_shards of them)."""
+    shards = config["whitening"].get("neighbor_shards", 1)
+    return [
+        f"{RESULTS}/{wildcards.task}/features/neighbor_shards/{wildcards.wfd}.{s}.npz"
+        for s in range(shards)
+    ]

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from ..api import select
 from ..errors import TarotInputError
@@ -30,20 +29,18 @@ from ..featurize import Checkpoint, GradientFeaturizer, combine_checkpoints, loa
 from ..gradients import AdamPreconditioner, select_parameters
 from ..infdist import InfdistOptions, choose_landmarks
 from ..io import (
-    FeatureSet,
     atomic_path,
     load_features,
     open_feature_writer,
     open_row_writer,
-    release_rows,
     write_json_atomic,
 )
-from ..knn import Neighbors, TopK
+from ..knn import Neighbors, merge_neighbors
 from ..result import Selection, read_selection
 from ..tasks import RunContext, Task, TaskData, get_task, require_model_outputs
 from ..tasks.base import load_torch_file
 from ..weight import uniform_counts
-from ..whiten import DEFAULT_BLOCK_ROWS, Whitener, WhiteningStats
+from ..whiten import WhiteningStats, neighbors_of_files, whiten_files
 from .naming import FEATURE_KEYS, INFDIST_KEYS, OUTPUT_KEYS, REFERENCES, parse_selection, ratio_label, selection_draw
 
 __all__ = [
@@ -496,51 +493,55 @@ def whiten_features(
 ) -> None:
     """Fit the whitening on candidates ∪ targets and write both WFD feature files.
 
-    The checkpoint blocks of every row are first merged as ``combine`` says
-    (:func:`~tarot_select.featurize.combine_checkpoints`: ``sum`` is the paper's Eq. 4).
-    With ``stats`` (the per-shard sums of the combined candidates and targets), the fit
-    merges them instead of reading the features. The transform streams row blocks to
-    disk. With ``out_neighbors``, the same pass also finds the ``neighbors_k`` nearest WFD
-    candidates of every target (:class:`~tarot_select.knn.TopK` on each whitened block)
-    and saves them, so that selections need not search the pool again.
+    :func:`tarot_select.whiten.whiten_files` does the work: checkpoint blocks merged as
+    ``combine`` says (``sum`` is the paper's Eq. 4), the fit from the features or from
+    the per-shard ``stats``, both files streamed row block by row block and, with
+    ``out_neighbors``, every target's ``neighbors_k`` nearest WFD candidates found in the
+    same pass (so selections need not search the pool again).
     """
-    cand, targ = load_features(candidates), load_features(targets)
+    whiten_files(
+        candidates,
+        targets,
+        out_candidates,
+        out_targets,
+        method=method,  # type: ignore[arg-type]
+        normalize=normalize,
+        eps=eps,
+        combine=combine,
+        stats=stats,
+        out_neighbors=out_neighbors,
+        neighbors_k=neighbors_k,
+    )
 
-    def combined(feats: FeatureSet, rows: slice = slice(None)) -> np.ndarray:
-        return combine_checkpoints(feats.array[rows], feats.checkpoint_dims, feats.checkpoint_weights, combine)
 
-    w = Whitener(method, normalize=normalize, eps=eps)
-    targ_c = combined(targ)
-    dim = targ_c.shape[1]
-    if stats:
-        merged = WhiteningStats(dim)
-        for path in stats:
-            merged.merge(WhiteningStats.load(path))
-        expected = cand.array.shape[0] + targ.array.shape[0]
-        if merged.n != expected or merged.dim != dim:
-            raise TarotInputError(
-                f"whitening statistics cover {merged.n} rows of {merged.dim} columns, the features {expected} "
-                f"rows of {dim} (combine: {combine}); rerun dump_gradients"
-            )
-        w.fit_stats(merged)
-    else:
-        w.fit(combined(cand), targ_c)
-    targ_w = w.transform(targ_c)
-    meta = {"source": str(targets), "whitening": w.metadata(), "combine": combine, "made_from": targ.meta}
-    with open_row_writer(out_targets, targ_w.shape, dtype=w.compute_dtype, meta=meta) as out:
-        out.write(targ_w)
-    n = cand.array.shape[0]
-    top = TopK(targ_w, min(int(neighbors_k), n)) if out_neighbors is not None else None
-    meta = {"source": str(candidates), "whitening": w.metadata(), "combine": combine, "made_from": cand.meta}
-    with open_row_writer(out_candidates, (n, dim), dtype=w.compute_dtype, meta=meta) as out:
-        for start in tqdm(range(0, n, DEFAULT_BLOCK_ROWS), desc="whiten", unit="block", disable=n < 100_000):
-            z = w.transform(combined(cand, slice(start, start + DEFAULT_BLOCK_ROWS)))
-            release_rows(cand.array, start, start + DEFAULT_BLOCK_ROWS)
-            out.write(z)
-            if top is not None:
-                top.add(z, start)
-    if top is not None and out_neighbors is not None:
-        top.result().save(out_neighbors, meta={"features": str(out_candidates)})
+def neighbor_shard(
+    candidates: str | os.PathLike[str],
+    targets: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    k: int,
+    shard: int,
+    shards: int,
+) -> None:
+    """One job of a sharded neighbour search: the ``k`` nearest WFD candidates of every target
+    among the candidate rows of shard ``shard`` of ``shards`` (:func:`shard_rows`), with global
+    indices and their scores (:func:`tarot_select.whiten.neighbors_of_files`)."""
+    n = load_features(candidates).array.shape[0]
+    start, stop = shard_rows(n, shard, shards)
+    part = neighbors_of_files(candidates, targets, k, rows=(start, stop))
+    part.save(out, meta={"features": str(candidates), "rows": [start, stop], "shard": shard, "shards": shards})
+
+
+def merge_neighbor_shards(
+    parts: list[str], out: str | os.PathLike[str], *, k: int, features: str | os.PathLike[str]
+) -> None:
+    """Join the shards' lists into the pool's (:func:`tarot_select.knn.merge_neighbors`): the
+    same file, indices and distances as the whitening pass's own search would have written."""
+    loaded = [Neighbors.load(p) for p in parts]
+    n = load_features(features).array.shape[0]
+    merged = merge_neighbors(loaded, k=min(int(k), n))
+    merged.check(n, merged.indices.shape[0])
+    merged.save(out, meta={"features": str(features), "merged_from": len(parts)})
 
 
 #: Selection methods of the workflow that run a library method on other inputs.
