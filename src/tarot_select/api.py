@@ -69,6 +69,7 @@ def select(
     neighbors: Neighbors | None = None,
     evaluate: bool = True,
     progress: bool = False,
+    workers: int = 1,
 ) -> Selection:
     """Select from ``candidates`` the data that best serves ``targets``.
 
@@ -120,6 +121,8 @@ def select(
         own search unless they need deeper ranks. Results do not change.
     evaluate : bool
         Compute the OT distance of the selection to the target (whitened space).
+    workers : int
+        ``otm`` only: folds run on this many forked processes at once (same selection).
 
     Returns
     -------
@@ -134,6 +137,7 @@ def select(
     repeat = check_real(repeat, "repeat (the repetition factor)", 1.0)
     dsdm_ridge = check_real(dsdm_ridge, "dsdm_ridge", 0.0)
     seed = check_int(seed, "seed", 0)
+    workers = check_int(workers, "workers", 1)
     n_folds = check_int(n_folds, "n_folds", 2)
     patience = check_int(patience, "patience", 1)
     for flag, name in ((normalize, "normalize"), (evaluate, "evaluate"), (progress, "progress")):
@@ -230,6 +234,7 @@ def select(
             reg=reg,
             progress=progress,
             neighbors=neighbors,
+            workers=workers,
         )
     elif method == "random":
         sel = random_selection(n, budget, seed=seed)

@@ -244,6 +244,16 @@ THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaf
 _POOL: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    """In a forked child the parent's pool threads do not exist: start a new pool there."""
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _map_blocks(fn: Callable[[int, int, int], Any], blocks: Sequence[tuple[int, int]]) -> list[Any]:
     """``[fn(worker, start, stop) ...]`` over row blocks, on :data:`THREADS` threads.
 

@@ -68,6 +68,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -255,6 +256,91 @@ def target_folds(m: int, n_folds: int, seed: int) -> list[np.ndarray]:
     return [np.sort(f) for f in np.array_split(perm, n_folds)]
 
 
+@dataclass(frozen=True)
+class _OtmState:
+    """What every OTM fold reads (shared with forked workers, never copied)."""
+
+    candidates: np.ndarray
+    targets: np.ndarray
+    ranks: NeighborRanks
+    limit: int
+    solver: OTMethod
+    reg: float
+    patience: int
+
+
+def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
+    """One fold of OTM: grow from the fold's neighbours, measure against the other folds'
+    targets after every round, stop after ``patience`` rounds without a new minimum.
+
+    Returns the kept candidates (the selection at the minimum) and the fold's record.
+    """
+    candidates, targets, ranks = state.candidates, state.targets, state.ranks
+    n, m = candidates.shape[0], targets.shape[0]
+    rest = np.setdiff1d(np.arange(m), fold)
+    held_out = np.asarray(targets[rest])
+    chosen = np.zeros(n, dtype=bool)
+    order: list[np.ndarray] = []
+    rows: list[np.ndarray] = []  # features of the selection, read once per round's new points
+    size = 0
+    trace: list[float] = []
+    best, best_size, best_rank, since = math.inf, 0, -1, 0
+    g_prev = None  # held-out potentials of the previous round: Sinkhorn's warm start
+    bias = 0.0  # largest error bound of the trace's distances
+    for rank in range(state.limit):
+        new = _new_in_round(ranks.column(rank)[fold], chosen)
+        if len(new) == 0:
+            continue
+        chosen[new] = True
+        order.append(new)
+        rows.append(take_rows(candidates, new))
+        size += len(new)
+        res = ot_distance(np.concatenate(rows), held_out, method=state.solver, reg=state.reg, g_init=g_prev)
+        g_prev = res.potential_target if res.method == "sinkhorn" else None
+        dist = res.value
+        bias = max(bias, res.bias_bound)
+        trace.append(dist)
+        if dist < best:
+            best, best_size, best_rank, since = dist, size, rank, 0
+        else:
+            since += 1
+            if since >= state.patience:
+                break
+    kept = np.concatenate(order)[:best_size]
+    info = {"trace": trace, "best_rank": best_rank, "best_distance": best, "kept": int(best_size), "bias_bound": bias}
+    return kept, info
+
+
+_FORKED_STATE: _OtmState | None = None
+
+
+def _otm_fold_in_worker(fold: np.ndarray) -> tuple[np.ndarray, dict]:
+    if _FORKED_STATE is None:  # pragma: no cover - the parent sets it before forking
+        raise RuntimeError("OTM worker started without the parent's state")
+    return _otm_fold(_FORKED_STATE, fold)
+
+
+def _otm_folds_in_processes(state: _OtmState, folds: list[np.ndarray], workers: int) -> list[tuple[np.ndarray, dict]]:
+    """The folds on ``workers`` forked processes, in fold order.
+
+    The features (memory maps or arrays) and the neighbour lists reach the workers by
+    ``fork``, not by pickling; each worker runs its folds exactly as the sequential loop
+    does, so the selection is the same. Without ``fork`` (not Linux/macOS) the folds run here.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _FORKED_STATE
+    if "fork" not in mp.get_all_start_methods():
+        return [_otm_fold(state, fold) for fold in folds]
+    _FORKED_STATE = state
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+            return list(pool.map(_otm_fold_in_worker, folds))
+    finally:
+        _FORKED_STATE = None
+
+
 def select_otm(
     candidates: np.ndarray,
     targets: np.ndarray,
@@ -268,6 +354,7 @@ def select_otm(
     block_rows: int = 8192,
     progress: bool = False,
     neighbors: Neighbors | None = None,
+    workers: int = 1,
 ) -> Selection:
     r"""OT-distance minimisation with K-fold cross-validation on the target.
 
@@ -285,6 +372,9 @@ def select_otm(
         Upper bound on neighbour ranks per fold (default: the pool size).
     neighbors : Neighbors, optional
         Precomputed nearest candidates of all targets, as for :func:`select_fixed_size`.
+    workers : int
+        Folds run on this many forked processes at once (1: in this process). The folds
+        are independent, so the selection is the same; only the time changes.
 
     Returns
     -------
@@ -316,42 +406,16 @@ def select_otm(
         candidates, targets, k=min(limit, 16), block_rows=block_rows, progress=progress, neighbors=neighbors
     )
     t_knn = time.perf_counter() - t0
-    for fold in tqdm(folds, desc="OTM folds", disable=not progress):
-        rest = np.setdiff1d(np.arange(m), fold)
-        held_out = np.asarray(targets[rest])
-        chosen = np.zeros(n, dtype=bool)
-        order: list[np.ndarray] = []
-        rows: list[np.ndarray] = []  # features of the selection, read once per round's new points
-        size = 0
-        trace: list[float] = []
-        best, best_size, best_rank, since = math.inf, 0, -1, 0
-        g_prev = None  # held-out potentials of the previous round: Sinkhorn's warm start
-        bias = 0.0  # largest error bound of the trace's distances
-        for rank in range(limit):
-            new = _new_in_round(ranks.column(rank)[fold], chosen)
-            if len(new) == 0:
-                continue
-            chosen[new] = True
-            order.append(new)
-            rows.append(take_rows(candidates, new))
-            size += len(new)
-            res = ot_distance(np.concatenate(rows), held_out, method=solver, reg=reg, g_init=g_prev)
-            g_prev = res.potential_target if res.method == "sinkhorn" else None
-            dist = res.value
-            bias = max(bias, res.bias_bound)
-            trace.append(dist)
-            if dist < best:
-                best, best_size, best_rank, since = dist, size, rank, 0
-            else:
-                since += 1
-                if since >= patience:
-                    break
-        kept = np.concatenate(order)[:best_size]
+    state = _OtmState(candidates, targets, ranks, limit, solver, reg, patience)
+    workers = max(1, min(int(workers), len(folds)))
+    if workers == 1:
+        results = [_otm_fold(state, fold) for fold in tqdm(folds, desc="OTM folds", disable=not progress)]
+    else:
+        results = _otm_folds_in_processes(state, folds, workers)
+    for kept, info in results:
         union[kept] = True
-        trace_all.extend(trace)
-        fold_info.append(
-            {"trace": trace, "best_rank": best_rank, "best_distance": best, "kept": int(best_size), "bias_bound": bias}
-        )
+        trace_all.extend(info["trace"])
+        fold_info.append(info)
     indices = np.flatnonzero(union).astype(np.int64)
     return Selection(
         indices=indices,

@@ -194,3 +194,17 @@ def test_precomputed_wfd_features_give_the_same_selection(rng):
     assert np.array_equal(a.indices, b.indices) and a.ot_distance == pytest.approx(b.ot_distance)
     with pytest.raises(TarotInputError, match="WFD features have 299 candidates"):
         select("tarot", cand, targ, budget=30, wfd_features=(w.transform(cand[1:]), w.transform(targ)))
+
+
+def test_otm_folds_on_forked_workers_give_the_same_selection(rng):
+    from conftest import unit_rows
+
+    from tarot_select.select import select_otm
+
+    x = unit_rows(rng.normal(size=(600, 8)) + np.repeat(rng.normal(size=(6, 8)) * 2, 100, axis=0))
+    y = unit_rows(rng.normal(size=(60, 8)) + np.repeat(rng.normal(size=(2, 8)) * 2, 30, axis=0))
+    one = select_otm(x, y, n_folds=5, seed=3)
+    two = select_otm(x, y, n_folds=5, seed=3, workers=2)
+    np.testing.assert_array_equal(one.indices, two.indices)
+    assert [f["trace"] for f in one.info["folds"]] == [f["trace"] for f in two.info["folds"]]
+    assert one.ot_trace == two.ot_trace and len(one.info["folds"]) == 5
