@@ -1,37 +1,36 @@
-"""Selection benchmark: whitening + fixed-size TAROT + OTM, the library against the straightforward way.
+"""Selection benchmark: whitening + fixed-size TAROT, and whitening + OTM, against the paper's released code.
 
-Same synthetic clustered features for both (``n`` candidates from 64 clusters, ``m`` targets
-from 8 of them, dimension ``d``), written once to ``.npy`` files (as the pipeline's gather
-step leaves them); each approach runs in its own child process so that its peak memory
-(max RSS, from ``os.wait4``) is its own:
+Same synthetic clustered features for every approach (``n`` candidates from 64 clusters,
+``m`` targets from 8 of them, dimension ``d``), written once to ``.npy`` files (as the
+pipeline's gather step leaves them). Each approach runs each case (``fixed``: 10 % fixed-size
+selection; ``otm``: OTM with ``--folds`` folds) in its own forked child, whitening included,
+so its peak memory (max RSS, from ``os.wait4``) and its times are its own. Times: ``wall``
+from the child's start (imports included), ``in-process`` after the imports, split into
+whitening (+ the neighbour pass) and the selection.
 
-* ``library``: the pipeline's stages. ``pipeline.whiten_features`` streams both files to WFD
-  feature files and, in the same pass, finds every target's nearest WFD candidates
-  (exact, ``max(16, 2·ceil(budget/m)+1)`` of them); :func:`tarot_select.api.select`
-  (``tarot`` at ``--ratio``, then ``otm``) reads the features as memory maps and starts
-  from those lists: OT only on selection × targets (exact network simplex up to 10⁶
-  entries, else the library's ε-scaling log-domain Sinkhorn, warm-started across OTM
-  rounds).
-* ``straightforward``: the same algorithm written the obvious way on arrays loaded into
-  memory: whitening with numpy, the dense candidates × targets score matrix, a full sort per
-  target, POT's log-domain Sinkhorn on the dense numpy cost matrix for the fill potentials,
-  and the exact ``ot.emd2`` for OTM's rounds while they have ≤ 4·10⁶ entries (faster than
-  POT's Sinkhorn there, so this favours the straightforward side).
-
+* ``library``: what the pipeline's whiten and select stages call.
+  :func:`tarot_select.whiten.whiten_files` streams both files to WFD files and, in the same
+  pass, finds every target's ``max(16, 2·ceil(budget/m)+1)`` nearest WFD candidates (exact);
+  :func:`tarot_select.api.select` (``tarot`` or ``otm``, OTM folds on ``--workers``
+  processes) reads the features as memory maps and starts from those lists. numpy, scipy
+  and POT only: torch is never imported.
 * ``released`` (with ``--reference-dir``): the paper's released code itself, from a local
   checkout of github.com/vita-epfl/TAROT (run from there, never copied): its
   ``WFDEstimator.get_wfd`` whitening (joint centring, covariance, Cholesky, fp16 products,
   the dense candidates × targets score matrix) on the same feature files, then its
-  ``DataSelector.select_data`` with ``fixed_size`` and ``otm`` (GeomLoss Sinkhorn). Its
+  ``DataSelector.select_data`` with ``fixed_size`` or ``otm`` (GeomLoss Sinkhorn). Its
   optional imports (``wandb``, ``seaborn``) are stubbed in the child; it needs ``pip install
   geomloss``. Without the option that side is skipped, saying how to get it.
+* ``straightforward`` (``--straightforward``, slow): the same algorithm as the library written
+  the obvious way on arrays loaded into memory: numpy whitening, the dense score matrix, a
+  full sort per target, POT's dense Sinkhorn for the fill and ``ot.emd2`` for OTM's rounds.
 
-Every selection is then scored with one evaluator (the library's OT on the same whitened
-features), so "OT distance no worse" compares like with like, and the overlap of each
-selection with the library's is printed.
+Every selection is then scored with one evaluator (the library's exact OT on the same
+whitened features), and its overlap with the library's selection is printed.
 
-    python benchmarks/bench_select.py [--n 100000] [--m 2000] [--d 1024] [--ratio 0.1] [--folds 5]
-    python benchmarks/bench_select.py --reference-dir ~/src/TAROT --quick   # against the released code
+    python benchmarks/bench_select.py --reference-dir ~/src/TAROT --n 50000 --m 1000 --d 256 --folds 10
+    python benchmarks/bench_select.py --reference-dir ~/src/TAROT --n 100000 --m 2000 --d 1024 --folds 10
+    python benchmarks/bench_select.py --quick                     # 10 k x 500 x 128, library only
     python benchmarks/bench_select.py --n 1000000 --m 10000 --only library   # the scale target
 """
 
@@ -176,9 +175,11 @@ def reference_problem(ref_dir: str | None) -> str | None:
         return REFERENCE_HINT
     if not os.path.isfile(os.path.join(ref_dir, "tarot", "data_selector.py")):
         return f"released code: {ref_dir} has no tarot/data_selector.py (a checkout of vita-epfl/TAROT?)"
-    try:
-        import geomloss  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    # find_spec, not import: importing GeomLoss imports torch, and every child forked from
+    # this process would start with it in memory
+    if importlib.util.find_spec("geomloss") is None:
         return "released code: its selector needs GeomLoss (`pip install geomloss`)"
     return None
 
@@ -193,9 +194,11 @@ class _Store:
         pass
 
 
-def released(args: argparse.Namespace, cand_path: str, targ_path: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+def released(
+    args: argparse.Namespace, cand_path: str, targ_path: str, method: str
+) -> tuple[np.ndarray | None, np.ndarray | None, float, float, float]:
     """The released code on the benchmark's files: its whitening and scores, then its fixed-size
-    and OTM selections. Returns (fixed, otm, seconds after whitening, seconds after fixed-size)."""
+    or OTM selection. Returns (fixed, otm, time after the imports, after whitening, after the selection)."""
     import types
 
     for name in ("wandb", "seaborn"):  # imported at module level, unused by these paths
@@ -209,6 +212,7 @@ def released(args: argparse.Namespace, cand_path: str, targ_path: str) -> tuple[
     from tarot.data_selector import DataSelector
     from tarot.wfd_estimator import WFDEstimator
 
+    t_in = time.perf_counter()
     est = WFDEstimator.__new__(WFDEstimator)  # only get_wfd runs: no model, no projector
     est.save_dir = tempfile.mkdtemp(dir=args.out)
     os.mkdir(os.path.join(est.save_dir, "0"))
@@ -226,69 +230,75 @@ def released(args: argparse.Namespace, cand_path: str, targ_path: str) -> tuple[
         "merge_target_data": False,
         "data_weighting": False,
     }
+    fixed = otm = None
     with contextlib.redirect_stdout(io.StringIO()):
-        fixed, _ = DataSelector(cfg).select_data(scores, g, g_target)
+        if method == "fixed":
+            fixed, _ = DataSelector(cfg).select_data(scores, g, g_target)
+        else:
+            otm, _ = DataSelector({**cfg, "selection_method": "otm"}).select_data(scores, g, g_target)
     t2 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        otm, _ = DataSelector({**cfg, "selection_method": "otm"}).select_data(scores, g, g_target)
-    return np.asarray(fixed), np.asarray(otm), t1, t2
+    return fixed, otm, t_in, t1, t2
 
 
 # ----------------------------------------------------------------- children
-def child(approach: str, args: argparse.Namespace) -> dict:
+def child(approach: str, method: str, args: argparse.Namespace) -> dict:
+    """One approach, one selection method, in this (forked) process: whitening (and the neighbour
+    pass) then the selection. Times: ``wall_s`` from the child's start (imports included),
+    ``in_process_s`` after the imports, split into ``whiten_s`` and ``select_s``."""
     cand_path, targ_path = data_files(args)
-    out: dict = {"approach": approach}
+    out: dict = {"approach": approach, "method": method}
     t0 = time.perf_counter()
+    budget = round(args.ratio * args.n)
     if approach == "released":
-        fixed, otm, t1, t2 = released(args, cand_path, targ_path)
-        t3 = time.perf_counter()
-        out.update(whiten_s=t1 - t0, fixed_s=t2 - t1, otm_s=t3 - t2, total_s=t3 - t0, sort_s=[])
-        np.save(os.path.join(args.out, f"{approach}_fixed.npy"), np.sort(fixed))
-        np.save(os.path.join(args.out, f"{approach}_otm.npy"), np.sort(otm))
-        return out
-    if approach == "library":
-        # The pipeline's stages: whiten_features streams both files to WFD files, then
-        # the selections read them as memory maps.
+        fixed, otm, t_in, t1, t2 = released(args, cand_path, targ_path, method)
+        sel = fixed if method == "fixed" else otm
+    elif approach == "library":
+        # The library as the pipeline's whiten and select stages call it: whiten_files streams
+        # both files to WFD files (and the neighbour lists), selections read memory maps.
+        # GeomLoss is installed for the released side only (the project does not depend on it);
+        # POT imports it when present, and with it torch, so this child runs as without it.
+        sys.modules["geomloss"] = None  # type: ignore[assignment]
         from tarot_select import api
-        from tarot_select.experiments.stages import whiten_features
         from tarot_select.io import load_features
         from tarot_select.knn import Neighbors
+        from tarot_select.whiten import whiten_files
 
-        wc, wt, wn = (os.path.join(args.out, f"wfd_{k}") for k in ("candidates.npy", "targets.npy", "neighbors.npz"))
-        budget = round(args.ratio * args.n)
+        t_in = time.perf_counter()
+        wc, wt, wn = (os.path.join(args.out, f"wfd_{method}_{k}") for k in ("candidates.npy", "targets.npy", "nb.npz"))
         k = max(16, 2 * math.ceil(budget / args.m) + 1)  # what fixed-size and OTM will ask for
-        whiten_features(cand_path, targ_path, wc, wt, method="cholesky", out_neighbors=wn, neighbors_k=k)
+        done = whiten_files(cand_path, targ_path, wc, wt, method="cholesky", out_neighbors=wn, neighbors_k=k)
+        out["whiten_parts_s"] = done.seconds
         x, t = load_features(cand_path).array, load_features(targ_path).array
         xw, tw = load_features(wc).array, load_features(wt).array
         nb = Neighbors.load(wn)
         t1 = time.perf_counter()
-        sel = api.select("tarot", x, t, budget=budget, wfd_features=(xw, tw), neighbors=nb, evaluate=False)
-        fixed = sel.indices
+        if method == "fixed":
+            sel = api.select("tarot", x, t, budget=budget, wfd_features=(xw, tw), neighbors=nb, evaluate=False).indices
+        else:
+            sel = api.select(
+                "otm", x, t, n_folds=args.folds, wfd_features=(xw, tw), neighbors=nb, evaluate=False
+            ).indices
         t2 = time.perf_counter()
-        sel = api.select("otm", x, t, n_folds=args.folds, wfd_features=(xw, tw), neighbors=nb, evaluate=False)
-        otm = sel.indices
     else:
         x, t = np.load(cand_path), np.load(targ_path)
-        budget = round(args.ratio * len(x))
+        t_in = time.perf_counter()
         xw, tw = sf_whiten(x, t)
         t1 = time.perf_counter()
-        fixed = sf_fixed(xw, tw, budget)
+        sel = sf_fixed(xw, tw, budget) if method == "fixed" else sf_otm(xw, tw, args.folds)
         t2 = time.perf_counter()
-        otm = sf_otm(xw, tw, args.folds)
-    t3 = time.perf_counter()
-    out.update(whiten_s=t1 - t0, fixed_s=t2 - t1, otm_s=t3 - t2, total_s=t3 - t0, sort_s=SORT_S)
-    np.save(os.path.join(args.out, f"{approach}_fixed.npy"), np.sort(fixed))
-    np.save(os.path.join(args.out, f"{approach}_otm.npy"), np.sort(otm))
+    out.update(wall_s=t2 - t0, in_process_s=t2 - t_in, whiten_s=t1 - t_in, select_s=t2 - t1, sort_s=SORT_S)
+    out["torch_imported"] = "torch" in sys.modules
+    np.save(os.path.join(args.out, f"{approach}_{method}.npy"), np.sort(np.asarray(sel)))
     return out
 
 
-def run_child(approach: str, argv: list[str]) -> dict:
+def run_child(approach: str, method: str, argv: list[str]) -> dict:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         os.close(r)
         args = parse(argv)
-        res = child(approach, args)
+        res = child(approach, method, args)
         with os.fdopen(w, "w") as fh:
             fh.write(json.dumps(res))
         os._exit(0)
@@ -297,7 +307,7 @@ def run_child(approach: str, argv: list[str]) -> dict:
         payload = fh.read()
     _, status, usage = os.wait4(pid, 0)
     if status != 0 or not payload:
-        raise SystemExit(f"{approach} child failed (status {status})")
+        raise SystemExit(f"{approach} {method} child failed (status {status})")
     res = json.loads(payload)
     res["peak_rss_mib"] = usage.ru_maxrss / 1024
     return res
@@ -313,6 +323,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "select"))
     p.add_argument("--data", default=None, help="folder for the generated feature files (default: OUT/data)")
     p.add_argument("--only", choices=["library", "straightforward", "released"], default=None)
+    p.add_argument("--methods", nargs="+", choices=["fixed", "otm"], default=["fixed", "otm"])
+    p.add_argument("--straightforward", action="store_true", help="also run the straightforward version (slow)")
+    p.add_argument("--json", default=None, help="write the results here too")
+    p.add_argument("--workers", type=int, default=2, help="library OTM: folds on this many processes at once")
     p.add_argument("--reference-dir", default=None, help="checkout of github.com/vita-epfl/TAROT (the released code)")
     p.add_argument("--quick", action="store_true", help="n=10000, m=500, d=128")
     args = p.parse_args(argv)
@@ -326,8 +340,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     os.makedirs(args.out, exist_ok=True)
-    print(f"n={args.n} m={args.m} d={args.d} ratio={args.ratio} folds={args.folds}, {os.cpu_count()} cores")
-    approaches = [args.only] if args.only else ["library", "straightforward", "released"]
+    print(
+        f"n={args.n} m={args.m} d={args.d} ratio={args.ratio} folds={args.folds}, {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+    approaches = [args.only] if args.only else ["library", "released"] + (["straightforward"] * args.straightforward)
     if "released" in approaches:
         problem = reference_problem(args.reference_dir)
         if problem is not None:
@@ -336,7 +353,8 @@ def main(argv: list[str]) -> int:
     if not approaches:
         return 2
     data_files(args)  # generated once, outside the timed children
-    results = [run_child(a, argv) for a in approaches]  # fork before torch is imported here
+    methods = [m for m in ("fixed", "otm") if m in args.methods]
+    results = [run_child(a, m, argv) for m in methods for a in approaches]  # fork before torch is imported here
 
     from tarot_select.distance import ot_distance
     from tarot_select.io import load_features
@@ -345,54 +363,44 @@ def main(argv: list[str]) -> int:
     x, t = (load_features(p).array for p in data_files(args))
     w = Whitener("cholesky").fit(x, t)
     xw, tw = w.transform(x), w.transform(t)
-    for res in results:
-        for kind in ("fixed", "otm"):
-            idx = np.load(os.path.join(args.out, f"{res['approach']}_{kind}.npy"))
-            res[f"{kind}_size"] = len(idx)
-            res[f"{kind}_ot"] = ot_distance(xw[idx], tw).value
-    lib_sel = {}
-    for res in results:
-        if res["approach"] == "library":
-            lib_sel = {k: np.load(os.path.join(args.out, f"library_{k}.npy")) for k in ("fixed", "otm")}
-    for res in results:
-        for kind in ("fixed", "otm"):
-            idx = np.load(os.path.join(args.out, f"{res['approach']}_{kind}.npy"))
-            ref = lib_sel.get(kind)
-            res[f"{kind}_overlap"] = (
-                len(np.intersect1d(idx, ref)) / max(len(idx), len(ref), 1) if ref is not None else float("nan")
-            )
+    sel = {
+        (r["approach"], r["method"]): np.load(os.path.join(args.out, f"{r['approach']}_{r['method']}.npy"))
+        for r in results
+    }
+    for r in results:
+        idx = sel[(r["approach"], r["method"])]
+        r["size"] = len(idx)
+        r["ot"] = ot_distance(xw[idx], tw).value  # one exact evaluator for every selection
+        ref = sel.get(("library", r["method"]))
+        r["overlap"] = len(np.intersect1d(idx, ref)) / max(len(idx), len(ref), 1) if ref is not None else float("nan")
     print(
-        f"\n{'approach':<16}{'whiten s':>9}{'fixed s':>9}{'otm s':>9}{'total s':>9}{'peak MiB':>10}"
-        f"{'fixed OT':>10}{'otm size':>9}{'otm OT':>9}{'overlap fixed/otm':>19}"
+        f"\n{'case':<10}{'approach':<16}{'wall s':>8}{'in-proc s':>10}{'whiten s':>9}{'select s':>9}{'peak MiB':>10}"
+        f"{'size':>7}{'OT':>8}{'overlap':>8}"
     )
     for r in results:
         print(
-            f"{r['approach']:<16}{r['whiten_s']:>9.1f}{r['fixed_s']:>9.1f}{r['otm_s']:>9.1f}{r['total_s']:>9.1f}"
-            f"{r['peak_rss_mib']:>10.0f}{r['fixed_ot']:>10.4f}{r['otm_size']:>9d}{r['otm_ot']:>9.4f}"
-            f"{r['fixed_overlap']:>10.3f}/{r['otm_overlap']:.3f}"
+            f"{r['method']:<10}{r['approach']:<16}{r['wall_s']:>8.1f}{r['in_process_s']:>10.2f}{r['whiten_s']:>9.2f}"
+            f"{r['select_s']:>9.2f}{r['peak_rss_mib']:>10.0f}{r['size']:>7d}{r['ot']:>8.4f}{r['overlap']:>8.3f}"
         )
-    by = {r["approach"]: r for r in results}
-    if "library" in by and "released" in by:
-        lib, rel = by["library"], by["released"]
-        print(
-            f"\nagainst the released code: whitening {rel['whiten_s'] / lib['whiten_s']:.1f}x, fixed-size "
-            f"{rel['fixed_s'] / lib['fixed_s']:.1f}x, OTM {rel['otm_s'] / lib['otm_s']:.1f}x, total "
-            f"{rel['total_s'] / lib['total_s']:.1f}x faster; peak memory {lib['peak_rss_mib'] / rel['peak_rss_mib']:.2f} "
-            f"of the released code's; OT distance fixed {lib['fixed_ot']:.4f} vs {rel['fixed_ot']:.4f}, "
-            f"OTM {lib['otm_ot']:.4f} vs {rel['otm_ot']:.4f}"
-        )
-    results = [by[a] for a in ("library", "straightforward") if a in by]
-    if len(results) == 2:
-        lib, sf = results
-        shared = sf["total_s"] - sf["sort_s"][-1]
-        print(
-            f"straightforward scores + full sorts: {', '.join(f'{v:.1f}' for v in sf['sort_s'])} s "
-            f"(sharing one between the two methods would leave {shared:.1f} s: {shared / lib['total_s']:.1f}x)"
-        )
-        print(
-            f"\nspeed-up {sf['total_s'] / lib['total_s']:.1f}x, peak memory {lib['peak_rss_mib'] / sf['peak_rss_mib']:.2f} of "
-            f"straightforward; fixed-size OT {lib['fixed_ot']:.4f} vs {sf['fixed_ot']:.4f}"
-        )
+    by = {(r["approach"], r["method"]): r for r in results}
+    for m in methods:
+        lib, rel = by.get(("library", m)), by.get(("released", m))
+        if lib and rel:
+            print(
+                f"{m}: against the released code {rel['wall_s'] / lib['wall_s']:.1f}x wall, "
+                f"{rel['in_process_s'] / lib['in_process_s']:.1f}x in-process (whitening "
+                f"{rel['whiten_s'] / lib['whiten_s']:.1f}x, selection {rel['select_s'] / lib['select_s']:.1f}x), "
+                f"peak memory {lib['peak_rss_mib'] / rel['peak_rss_mib']:.2f} of its; OT {lib['ot']:.4f} vs {rel['ot']:.4f}"
+            )
+        sf = by.get(("straightforward", m))
+        if lib and sf:
+            print(
+                f"{m}: against the straightforward version {sf['wall_s'] / lib['wall_s']:.1f}x wall, "
+                f"peak memory {lib['peak_rss_mib'] / sf['peak_rss_mib']:.2f} of its"
+            )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "results": results}, fh, indent=2)
     return 0
 
 
