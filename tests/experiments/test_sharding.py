@@ -137,7 +137,7 @@ def test_merging_overlapping_or_scoreless_shards_is_refused(tmp_path, rng):
     from tarot_select.experiments.stages import neighbor_shard
     from tarot_select.knn import Neighbors, merge_neighbors
 
-    wc, wt, wn = _wfd_files(tmp_path, rng)
+    wc, wt, _ = _wfd_files(tmp_path, rng)
     neighbor_shard(wc, wt, tmp_path / "p0.npz", k=10, shard=0, shards=2)
     p0 = Neighbors.load(tmp_path / "p0.npz")
     with pytest.raises(TarotInputError, match="overlap"):

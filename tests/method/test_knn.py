@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 from conftest import unit_rows
@@ -73,7 +75,7 @@ def test_shards_merge_into_one_search_with_ties_and_short_shards(rng):
     whole = nearest_neighbors(x, y, k=12, block_rows=50)
     for edges in ([0, 5, 12, 100, 203], [0, 101, 203], [0, 3, 203]):
         parts = []
-        for lo, hi in zip(edges[:-1], edges[1:]):
+        for lo, hi in itertools.pairwise(edges):
             top = TopK(y, min(12, hi - lo))
             top.add(x[lo:hi], lo)
             parts.append(top.result())

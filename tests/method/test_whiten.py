@@ -160,5 +160,5 @@ def test_the_selection_path_does_not_import_torch(tmp_path):
         "api.select('otm', c, t, n_folds=3, wfd_features=(c, t))\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
