@@ -85,7 +85,13 @@ def test_a_schema_violation_is_one_line_naming_the_key_path(tmp_path, changes, s
 def test_the_schema_fills_defaults_and_keeps_given_values(tmp_path):
     cfg = tiny(tmp_path)
     validate_schema(cfg, SCHEMA)
-    assert cfg["whitening"] == {"method": "cholesky", "normalize": True, "eps": 1e-5, "neighbors": 16, "neighbor_shards": 1}
+    assert cfg["whitening"] == {
+        "method": "cholesky",
+        "normalize": True,
+        "eps": 1e-5,
+        "neighbors": 16,
+        "neighbor_shards": 1,
+    }
     assert cfg["features"]["shards"] == 2 and cfg["features"]["proj_kind"] == "rademacher"
     assert cfg["lds"]["features"]["proj_dim"] == 32 and cfg["lds"]["features"]["batch_size"] == 256
 

@@ -100,9 +100,10 @@ def test_slurm_run_equals_local_run(slurm_ready, tiny_run, tmp_path):
     # the sharded neighbour search merged into the single pass's lists
     assert (remote / "digits" / "features" / "neighbor_shards" / "wfd.1.npz").exists()
     for key in ("indices", "distances"):
-        with np.load(local / "digits" / "features" / "wfd_neighbors.npz") as a, np.load(
-            remote / "digits" / "features" / "wfd_neighbors.npz"
-        ) as b:
+        with (
+            np.load(local / "digits" / "features" / "wfd_neighbors.npz") as a,
+            np.load(remote / "digits" / "features" / "wfd_neighbors.npz") as b,
+        ):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     # the table's rows for these selections match the local table's
     local_rows = set((local / "tables" / "digits.csv").read_text().splitlines()[1:])
