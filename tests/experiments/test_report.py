@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -486,33 +487,129 @@ def test_plot_metric_vs_ratio_writes_png(tmp_path):
     assert [p.name for p in (tmp_path / "fig").iterdir()] == ["ratio.png"]
 
 
-def test_ratio_ticks_are_the_fixed_ratios_and_otm_is_in_the_legend(tmp_path, monkeypatch):
-    from tarot_select.experiments.report import figures
-
+def _captured_figures(monkeypatch):
+    """The figures the report module saves, in order (the PNGs are still written)."""
     seen = []
     real = figures._save_png
     monkeypatch.setattr(figures, "_save_png", lambda fig, path: (seen.append(fig), real(fig, path))[1])
-    runs = _runs()
-    runs.loc[runs["method"] == "otm", "ratio"] = [0.4292865, 0.4292865]  # was the tick "42.92865%"
-    report.plot_metric_vs_ratio(runs, tmp_path / "ratio.png")
-    ax = seen[0].axes[0]
+    return seen
+
+
+def _rendered(fig):
+    """Draw ``fig`` on an Agg canvas (as it was saved) and return the renderer, for label extents."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    return renderer
+
+
+#: The default config's digits table (README): accuracy (%) mean and std over 3 seeds per ratio.
+DEFAULT_RUN = {
+    "random": [(37.0, 4.3), (45.2, 2.6), (47.6, 3.3), (61.4, 2.1)],
+    "dsdm": [(31.4, 1.9), (43.8, 1.1), (57.8, 0.4), (69.8, 0.5)],
+    "less": [(28.8, 0.1), (32.1, 0.8), (37.6, 1.2), (61.6, 1.3)],
+    "infdist": [(42.3, 2.9), (48.8, 1.4), (50.0, 3.7), (57.6, 1.2)],
+    "tarot": [(64.0, 0.7), (69.0, 0.0), (74.1, 1.4), (77.6, 1.0)],
+    "tarot_concat": [(63.6, 1.9), (71.7, 1.2), (73.6, 1.2), (77.7, 0.9)],
+    "tarot_weighted": [(63.8, 2.8), (69.5, 1.7), (73.0, 1.8), (77.5, 1.3)],
+}
+
+
+def _default_like_runs(otm_ratio: float) -> pd.DataFrame:
+    """The default run's table as runs (seeds mean - std, mean, mean + std), OTM at ``otm_ratio``
+    just under the tarot curves, the full pool and the target set as references."""
+
+    def seeds(mean, std):
+        return [(s, (mean + d) / 100.0) for s, d in enumerate((-std, 0.0, std))]
+
+    rows = [
+        (m, r, f"{r * 100:g}%", s, v)
+        for m, cells in DEFAULT_RUN.items()
+        for r, (mean, std) in zip((0.05, 0.1, 0.2, 0.5), cells)
+        for s, v in seeds(mean, std)
+    ]
+    rows += [("otm", otm_ratio, "OTM", s, v) for s, v in seeds(79.5, 0.7)]
+    rows += [("full", 1.0, "full", s, v) for s, v in seeds(72.2, 1.3)]
+    rows += [("target_only", math.nan, "target", s, v) for s, v in seeds(58.9, 6.8)]
+    return _with_spec(pd.DataFrame(rows, columns=["method", "ratio", "ratio_label", "seed", "metric"]))
+
+
+@pytest.mark.parametrize(
+    ("fraction", "text"), [(0.43857150, "43.9 %"), (0.4292865, "42.9 %"), (0.05, "5.0 %"), (1.0, "100.0 %")]
+)
+def test_format_ratio_rounds_to_one_decimal(fraction, text):
+    assert figures.format_ratio(fraction) == text
+
+
+def test_otm_label_names_the_variant_and_the_rounded_ratio():
+    assert figures.otm_label("otm", 0.43857) == "OTM 43.9 %"
+    assert figures.otm_label("otm_weighted", 0.2) == "OTM weighted 20.0 %"
+    with pytest.raises(TarotInputError, match="finite"):
+        figures.format_ratio(math.nan)
+
+
+def test_ratio_ticks_are_the_distinct_fixed_ratios():
+    assert figures.ratio_ticks([10.0, 5.0, 50.0, 5.0, 20.000000001]) == [5.0, 10.0, 20.0, 50.0]
+    assert figures.ratio_ticks([float(x) for x in range(1, 14)]) == []  # too many: matplotlib's locator
+    assert figures.ratio_ticks([]) == []
+
+
+def test_otm_is_a_rounded_note_not_a_tick_and_no_labels_collide(tmp_path, monkeypatch):
+    seen = _captured_figures(monkeypatch)
+    report.plot_metric_vs_ratio(_default_like_runs(0.43857150), tmp_path / "ratio.png")  # was "43.857150%"
+    fig = seen[0]
+    ax = fig.axes[0]
     fmt = ax.xaxis.get_major_formatter()
-    assert [fmt(v, i) for i, v in enumerate(ax.get_xticks())] == ["5%", "10%"]
-    assert "otm (42.9 %)" in ax.get_legend_handles_labels()[1]
+    assert [fmt(v, i) for i, v in enumerate(ax.get_xticks())] == ["5%", "10%", "20%", "50%"]
+    renderer = _rendered(fig)
+    ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    assert len(ticks) == 4
+    assert not any(a.overlaps(b) for i, a in enumerate(ticks) for b in ticks[i + 1 :])
+    notes = [t for t in ax.texts if t.get_text().startswith("OTM")]
+    assert [t.get_text() for t in notes] == ["OTM 43.9 %"]
+    note = notes[0].get_window_extent(renderer)
+    assert not any(note.overlaps(t) for t in ticks)
+    frame = ax.get_window_extent(renderer)
+    assert frame.contains(note.x0, note.y0) and frame.contains(note.x1, note.y1)  # inside the axes
+    # the note hides no curve, error bar, marker or reference line (in the default run it first
+    # sat on the tarot curves between 20 % and 50 %)
+    lines, points = figures._obstacles(ax)
+    assert lines and len(points) > 28
+    assert not any(path.intersects_bbox(note, filled=False) for path in lines)
+    assert note.count_contains(points) == 0
+    # the star sits at the chosen ratio, and every method has its legend entry
+    star = next(line for line in ax.lines if line.get_marker() == "*")
+    assert star.get_xdata()[0] == pytest.approx(43.857150)
+    labels = fig.legends[0].get_texts()
+    legend = [t.get_text() for t in labels]
+    for method in ("random", "dsdm", "less", "infdist", "tarot", "tarot_concat", "tarot_weighted", "otm (43.9 %)"):
+        assert method in legend, legend
+    # the legend is beside the axes: it hides no curve
+    assert not fig.legends[0].get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+
+def test_curves_at_one_ratio_are_drawn_apart_but_ticks_stay_exact(tmp_path, monkeypatch):
+    seen = _captured_figures(monkeypatch)
+    report.plot_metric_vs_ratio(_default_like_runs(0.3), tmp_path / "ratio.png")
+    ax = seen[0].axes[0]
+    curves = [line for line in ax.lines if line.get_marker() in figures._MARKERS and len(line.get_xdata()) == 4]
+    first = sorted(float(line.get_xdata()[0]) for line in curves)
+    assert len(first) == 7 and len(set(first)) == 7  # seven methods, seven x positions at 5 %
+    assert all(4.0 < x < 6.0 for x in first)  # all near 5 %
+    assert list(ax.get_xticks()) == [5.0, 10.0, 20.0, 50.0]
 
 
 def test_otm_weighted_is_a_second_star_in_the_otm_column(tmp_path, monkeypatch):
-    from tarot_select.experiments.report import figures
-
-    seen = []
-    real = figures._save_png
-    monkeypatch.setattr(figures, "_save_png", lambda fig, path: (seen.append(fig), real(fig, path))[1])
+    seen = _captured_figures(monkeypatch)
     runs = _runs()
     extra = runs[runs["method"] == "otm"].assign(method="otm_weighted", metric=[0.96, 0.98])
     runs = _with_spec(pd.concat([runs, extra], ignore_index=True))
     report.plot_metric_vs_ratio(runs, tmp_path / "ratio.png")
     labels = seen[0].axes[0].get_legend_handles_labels()[1]
     assert "otm (23.4 %)" in labels and "otm_weighted (23.4 %)" in labels
+    notes = sorted(t.get_text() for t in seen[0].axes[0].texts)
+    assert notes == ["OTM 23.4 %", "OTM weighted 23.4 %"]
     text = report.format_markdown(runs)
     assert "**97.0 ± 1.4 (n=2)**" in _md_row(text, "otm_weighted") and "**" not in _md_row(text, "otm")
     assert text.index("| otm |") < text.index("| otm_weighted |")
@@ -563,3 +660,132 @@ def test_plot_tsne_rejects_bad_input_and_writes_nothing(tmp_path, rng, make, mat
     with pytest.raises(TarotInputError, match=match):
         report.plot_tsne(target, sels, candidates, tmp_path / "t.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def _write_gradient_files(tmp_path, rng):
+    """Un-whitened features with two checkpoint blocks (weights 0.25 and 4), the whitened files
+    a whiten job would write beside them, and three selection CSVs."""
+    from tarot_select.io import save_features
+    from tarot_select.result import Selection
+
+    ckpts = [{"name": "a.pt", "dim": 4, "weight": 0.25}, {"name": "b.pt", "dim": 4, "weight": 4.0}]
+    raw = {"candidates": rng.normal(size=(60, 8)) * 5.0, "targets": rng.normal(size=(12, 8)) + 3.0}
+    paths = {}
+    for split, arr in raw.items():
+        paths[split] = save_features(tmp_path / f"{split}.npy", arr.astype(np.float32), meta={"checkpoints": ckpts})
+        white = rng.normal(size=(arr.shape[0], 4))
+        white /= np.linalg.norm(white, axis=1, keepdims=True)
+        paths[f"wfd_{split}"] = save_features(
+            tmp_path / f"wfd_{split}.npy", white.astype(np.float32), meta={"whitening": {"method": "cholesky"}}
+        )
+    csvs = []
+    for name, idx in {"tarot.r0.1": [1, 5, 9, 30], "dsdm.r0.1": [2, 3, 4, 40], "otm": list(range(10, 25))}.items():
+        method = name.split(".")[0]
+        sel = Selection(indices=np.array(idx), method=method, n_candidates=60, budget=len(idx))
+        csvs.append(sel.to_csv(tmp_path / f"{name}.csv"))
+    return raw, paths, csvs
+
+
+def _summed(x: np.ndarray) -> np.ndarray:
+    """What TAROT whitens: the checkpoint sum, each stored block sqrt(w) P g divided by sqrt(w)."""
+    return x[:, :4].astype(np.float32) / 0.5 + x[:, 4:].astype(np.float32) / 2.0
+
+
+def test_tsne_embeds_the_unwhitened_gradient_sum_not_the_whitened_features(tmp_path, rng, monkeypatch):
+    from tarot_select.experiments.report import tsne
+
+    raw, paths, csvs = _write_gradient_files(tmp_path, rng)
+    embedded = []
+
+    def fake_embed(points, seed):
+        embedded.append(points.copy())
+        return np.random.default_rng(seed).normal(size=(len(points), 2))
+
+    monkeypatch.setattr(tsne, "_tsne_embed", fake_embed)
+    out = tsne.plot_tsne_files(
+        paths["candidates"], paths["targets"], csvs, tmp_path / "t.png", seed=0, max_points=500, title="t"
+    )
+    _assert_png(out)
+    (points,) = embedded
+    want = np.concatenate([_summed(raw["targets"]), _summed(raw["candidates"])])  # targets first, then the pool
+    assert points.shape == (72, 4)
+    np.testing.assert_allclose(points, want, rtol=1e-5, atol=1e-5)
+    # the rule's whitened files are refused: a t-SNE of them is one isotropic cloud
+    with pytest.raises(TarotInputError, match="whitened"):
+        tsne.plot_tsne_files(
+            paths["wfd_candidates"], paths["wfd_targets"], csvs, tmp_path / "w.png", seed=0, max_points=500, title="t"
+        )
+    assert not (tmp_path / "w.png").exists()
+    # targets from other checkpoints than the pool's cannot be embedded with it
+    from tarot_select.io import save_features
+
+    other = [{"name": "a.pt", "dim": 4, "weight": 1.0}, {"name": "b.pt", "dim": 4, "weight": 4.0}]
+    odd = save_features(tmp_path / "odd.npy", raw["targets"].astype(np.float32), meta={"checkpoints": other})
+    with pytest.raises(TarotInputError, match="checkpoint blocks"):
+        tsne.plot_tsne_files(paths["candidates"], odd, csvs, tmp_path / "o.png", seed=0, max_points=500, title="t")
+
+
+def test_tsne_panels_show_the_pool_by_source_and_each_selection(tmp_path, rng, monkeypatch):
+    from tarot_select.experiments.report import tsne
+
+    _, paths, csvs = _write_gradient_files(tmp_path, rng)
+    seen = []
+    real = tsne._save_png
+    monkeypatch.setattr(tsne, "_save_png", lambda fig, path: (seen.append(fig), real(fig, path))[1])
+    sources = np.array(["clean"] * 30 + ["rotated"] * 20 + ["noisy"] * 10)
+    tsne.plot_tsne_files(
+        paths["candidates"], paths["targets"], csvs, tmp_path / "t.png", seed=0, max_points=500, title="t",
+        sources=sources,
+    )  # fmt: skip
+    fig = seen[0]
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    titles = [ax.get_title() for ax in axes]
+    assert titles[0] == "pool (60 candidates) and targets"
+    assert [t.split("\n")[0] for t in titles[1:]] == [
+        "tarot.r0.1: 4 selected",
+        "dsdm.r0.1: 4 selected",
+        "otm: 15 selected",
+    ]
+    assert [t.split("\n")[2] for t in titles[1:]] == ["clean 75 %, rotated 25 %"] * 2 + ["clean 100 %"]
+    assert all(re.fullmatch(r"covers \d+ % of targets", t.split("\n")[1]) for t in titles[1:]), titles
+    # the pool panel: every candidate, one colour per source; then targets
+    pool, targets = axes[0].collections
+    assert len(pool.get_offsets()) == 60 and len(np.unique(pool.get_facecolors(), axis=0)) == 3
+    assert len(targets.get_offsets()) == 12
+    # a method panel: its unselected candidates, its selection, the targets
+    rest, chosen, _ = axes[3].collections
+    assert len(rest.get_offsets()) == 45 and len(chosen.get_offsets()) == 15
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["target", "not selected", "clean", "rotated", "noisy"]
+    with pytest.raises(TarotInputError, match="one label per candidate"):
+        tsne.plot_tsne_files(
+            paths["candidates"], paths["targets"], csvs, tmp_path / "x.png", seed=0, max_points=500, title="t",
+            sources=sources[:-1],
+        )  # fmt: skip
+
+
+def test_tsne_subsample_keeps_targets_and_selections_then_fills_with_the_pool():
+    from tarot_select.experiments.report import tsne
+
+    union = np.array([3, 50, 77])
+    tgt, cand = tsne._subsample(10, 100, union, 40, seed=0)
+    assert list(tgt) == list(range(10)) and len(cand) == 30 and set(union) <= set(cand)
+    assert len(np.unique(cand)) == 30 and cand.max() < 100
+    tgt, cand = tsne._subsample(10, 100, union, 500, seed=0)  # everything fits
+    assert len(tgt) == 10 and list(cand) == list(range(100))
+    tgt, cand = tsne._subsample(10, 100, np.arange(60), 35, seed=0)  # even targets + selections overflow
+    assert len(tgt) + len(cand) == 35 and set(cand) <= set(range(60))
+
+
+def test_target_coverage_counts_targets_with_a_selected_near_neighbour():
+    from tarot_select.experiments.report import tsne
+
+    rng = np.random.default_rng(0)
+    pool = np.concatenate([rng.normal(size=(20, 3)), rng.normal(size=(20, 3)) + 50.0])  # two far modes
+    target = np.concatenate([rng.normal(size=(6, 3)), rng.normal(size=(4, 3)) + 50.0])
+    idx = np.arange(100, 140)  # candidate indices of the embedded rows
+    sels = {"first_mode": idx[:20], "both": idx[::2], "none": np.array([], dtype=np.int64), "far": idx[20:21]}
+    got = tsne.target_coverage(target, pool, idx, sels, k=5)
+    assert got["first_mode"] == pytest.approx(0.6) and got["both"] == 1.0 and got["none"] == 0.0
+    assert 0.0 <= got["far"] <= 0.4  # one candidate of the second mode: among the 5 nearest of some of its targets
+    assert tsne.target_coverage(target, pool, idx, {"all": idx}, k=500)["all"] == 1.0  # k capped at the pool

@@ -70,11 +70,14 @@ rule figure_metric_vs_ratio:
         "../scripts/figure_metric_vs_ratio.py"
 
 
+# The t-SNE embeds the un-whitened projected gradients (whitened ones are isotropic by
+# construction) and colours the candidates by the source the prepared data records.
 rule figure_tsne:
     input:
-        candidates=f"{RESULTS}/{{task}}/features/wfd_candidates.npy",
-        targets=f"{RESULTS}/{{task}}/features/wfd_targets.npy",
+        candidates=pool_candidates,
+        targets=f"{RESULTS}/{{task}}/features/targets.npy",
         selections=tsne_selection_files,
+        data=data_dir,
     output:
         report(
             f"{RESULTS}/figures/{{task}}_tsne.png",
@@ -92,6 +95,8 @@ rule figure_tsne:
         mem_mb=res("figures", "mem_mb"),
         runtime=res("figures", "runtime"),
     params:
+        job=job_params("data"),
+        combine=config["features"]["combine"],
         seed=config["seed"],
         max_points=config["report"]["tsne_max_points"],
     script:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ...errors import TarotInputError
 from ...io import atomic_path
 from .runs import SPEC_ATTR, PathLike, collect_runs
 from .summary import DDOF, METHOD_ORDER, REFERENCE_METHODS, _summarize
@@ -25,12 +26,15 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_metric_vs_ratio", "plot_task_metric_vs_ratio"]
+__all__ = ["format_ratio", "otm_label", "plot_metric_vs_ratio", "plot_task_metric_vs_ratio", "ratio_ticks"]
 
 logger = logging.getLogger(__name__)
 
 _PNG_DPI = 120
 _MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+#: Horizontal step between neighbouring curves (log units; on a linear axis, a share of the
+#: smallest ratio gap), so that their error bars at one ratio stay apart.
+_DODGE = 0.025
 
 
 def _new_figure(size: tuple[float, float]) -> Figure:
@@ -79,9 +83,11 @@ def plot_metric_vs_ratio(
 
     Methods other than ``otm``, ``full`` and ``target_only`` are lines with markers and
     std error bars at their mean ratio per label; ``otm`` is a star at its (mean) chosen
-    ratio, with horizontal error bars when the ratio varies over seeds; ``full`` and
-    ``target_only`` are dashed horizontal lines with a light ±std band. Values are shown
-    × the spec's ``scale``; the y axis reads ``"<label> (<unit>)"``.
+    ratio, with horizontal error bars when the ratio varies over seeds and its rounded
+    ratio written beside it (:func:`otm_label`, e.g. ``"OTM 43.9 %"``; never an x tick:
+    the ticks are the fixed ratios, :func:`ratio_ticks`); ``full`` and ``target_only`` are
+    dashed horizontal lines with a light ±std band. Values are shown × the spec's
+    ``scale``; the y axis reads ``"<label> (<unit>)"``; the legend sits right of the axes.
 
     Parameters
     ----------
@@ -111,18 +117,23 @@ def plot_metric_vs_ratio(
     long, _, df, spec = _summarize(runs, value_column, spec)
     factor = float(spec["scale"])
     colours = _method_colours(list(long["method"]))
-    fig = _new_figure((6.4, 4.4))
+    fig = _new_figure((7.8, 4.4))
     ax = fig.add_subplot()
-    xs = _draw_curves(ax, long, colours, factor)
-    # OTM's chosen ratio is in its legend label, not a tick: a tick at e.g. 42.93 % ran into
-    # the 50 % tick's label.
-    otm_xs = _draw_otm(ax, long, df, colours, factor, value_column)
+    plotted = long.loc[~long["method"].isin(("full", "target_only")), "ratio"].to_numpy(dtype=float) * 100.0
+    log_x = _use_log_x(plotted) if log_x is None else bool(log_x)
+    xs = _draw_curves(ax, long, colours, factor, log_x)
+    stars = _draw_otm(ax, long, df, colours, factor)
     _draw_references(ax, long, colours, factor)
-    _style_ratio_axes(ax, xs or otm_xs, log_x)
+    _style_ratio_axes(ax, ratio_ticks(xs), log_x)
     ax.set_ylabel(_axis_label(spec))
     if title:
         ax.set_title(title)
-    ax.legend(fontsize="small", loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:  # beside the axes, so that it hides no curve
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    # OTM's chosen ratio is a rounded note beside its star, never a tick: a tick at e.g.
+    # 43.857 % printed "43.857150%" into the 50 % tick's label.
+    _annotate_otm(ax, stars)
     return _save_png(fig, path)
 
 
@@ -153,20 +164,37 @@ def plot_task_metric_vs_ratio(records: Sequence[PathLike], path: PathLike, task:
     return plot_metric_vs_ratio(runs, path, title=f"{task}: {runs.attrs[SPEC_ATTR]['label']}")
 
 
-def _draw_curves(ax: Axes, long: pd.DataFrame, colours: Mapping[str, Any], factor: float) -> list[float]:
-    """Lines with markers and error bars for the non-reference methods; returns their x (%)."""
+def _use_log_x(xs: np.ndarray) -> bool:
+    """Log-scaled ratio axis when the plotted ratios (percent) span a factor of 8 or more."""
+    finite = xs[np.isfinite(xs)]
+    return bool(finite.size) and float(finite.min()) > 0 and float(finite.max() / finite.min()) >= 8.0
+
+
+def _draw_curves(ax: Axes, long: pd.DataFrame, colours: Mapping[str, Any], factor: float, log_x: bool) -> list[float]:
+    """Lines with markers and error bars for the non-reference methods; returns their x (%).
+
+    With several curves, each is drawn a little apart horizontally (:data:`_DODGE` of a
+    log unit, or of the smallest ratio gap on a linear axis), so that error bars at one
+    ratio do not hide each other; the ticks stay at the exact ratios."""
     xs: list[float] = []
-    curves = long[~long["method"].isin(REFERENCE_METHODS)]
-    for i, (method, grp) in enumerate(curves.groupby("method", sort=False)):
-        grp = grp[grp["ratio"].notna()].sort_values("ratio")
-        if grp.empty:
-            logger.warning("method %r has no finite ratio; left out of the plot", method)
-            continue
+    candidates = long[~long["method"].isin(REFERENCE_METHODS)]
+    curves = candidates[candidates["ratio"].notna()]
+    for method in sorted(set(candidates["method"]) - set(curves["method"])):
+        logger.warning("method %r has no finite ratio; left out of the plot", method)
+    if curves.empty:
+        return xs
+    exact = np.unique(curves["ratio"].to_numpy(dtype=float) * 100.0)
+    gap = float(np.diff(exact).min()) if len(exact) > 1 else 1.0
+    groups = list(curves.groupby("method", sort=False))
+    for i, (method, grp) in enumerate(groups):
+        grp = grp.sort_values("ratio")
         x = grp["ratio"].to_numpy() * 100.0
+        shift = (i - (len(groups) - 1) / 2.0) * _DODGE
+        shown = x * math.exp(shift) if log_x else x + shift * gap
         y = grp["mean"].to_numpy() * factor
         err = np.nan_to_num(grp["std"].to_numpy() * factor, nan=0.0)
         ax.errorbar(
-            x,
+            shown,
             y,
             yerr=err,
             color=colours[method],
@@ -181,21 +209,22 @@ def _draw_curves(ax: Axes, long: pd.DataFrame, colours: Mapping[str, Any], facto
 
 
 def _draw_otm(
-    ax: Axes, long: pd.DataFrame, df: pd.DataFrame, colours: Mapping[str, Any], factor: float, value_column: str
-) -> list[float]:
+    ax: Axes, long: pd.DataFrame, df: pd.DataFrame, colours: Mapping[str, Any], factor: float
+) -> list[tuple[float, float, str]]:
     """A star per OTM label at its mean chosen ratio (``otm``; ``otm_weighted``, trained on
-    OT-potential repeat counts, an open star); returns their x (%)."""
-    xs: list[float] = []
+    OT-potential repeat counts, an open star); returns ``(x %, y, note)`` per star."""
+    stars: list[tuple[float, float, str]] = []
     for method, face in (("otm", None), ("otm_weighted", "none")):
         rows = long[(long["method"] == method) & long["ratio"].notna()]
         for _, row in rows.iterrows():
             ratios = df.loc[(df["method"] == method) & (df["ratio_label"] == row["ratio_label"]), "ratio"]
             x = float(row["ratio"]) * 100.0
             xerr = float(ratios.std(ddof=DDOF)) * 100.0 if len(ratios) > 1 else 0.0
+            y = float(row["mean"]) * factor
             yerr = float(np.nan_to_num(row["std"] * factor, nan=0.0))
             ax.errorbar(
                 [x],
-                [float(row["mean"]) * factor],
+                [y],
                 yerr=[yerr],
                 xerr=[np.nan_to_num(xerr)],
                 color=colours[method],
@@ -204,11 +233,169 @@ def _draw_otm(
                 markerfacecolor=face,
                 linestyle="none",
                 capsize=3,
-                label=f"{method} ({x:.1f} %)",
+                label=f"{method} ({format_ratio(x / 100.0)})",
                 zorder=5,
             )
-            xs.append(x)
-    return xs
+            stars.append((x, y, otm_label(method, x / 100.0)))
+    return stars
+
+
+def format_ratio(fraction: float) -> str:
+    """A pool fraction as a rounded percentage with one decimal: ``0.43857`` -> ``"43.9 %"``.
+
+    Parameters
+    ----------
+    fraction : float
+        Fraction of the pool, finite.
+
+    Returns
+    -------
+    str
+        ``"<percent, one decimal> %"``.
+
+    Raises
+    ------
+    TarotInputError
+        If ``fraction`` is not a finite number.
+    """
+    value = float(fraction)
+    if not math.isfinite(value):
+        raise TarotInputError(f"a selected ratio must be a finite number, got {fraction!r}")
+    return f"{value * 100.0:.1f} %"
+
+
+def otm_label(method: str, fraction: float) -> str:
+    """The note beside an OTM star: ``"OTM 43.9 %"`` (``otm_weighted``: ``"OTM weighted 43.9 %"``).
+
+    Parameters
+    ----------
+    method : str
+        ``"otm"`` or another OTM variant (``"otm_<variant>"`` reads ``"OTM <variant>"``).
+    fraction : float
+        The ratio OTM chose (mean over seeds), a fraction of the pool.
+
+    Returns
+    -------
+    str
+        The method in capitals and its rounded ratio (:func:`format_ratio`).
+    """
+    name = "OTM" + (" " + method[len("otm_") :].replace("_", " ") if method.startswith("otm_") else "")
+    return f"{name} {format_ratio(fraction)}"
+
+
+def ratio_ticks(curve_ratios: Sequence[float], max_ticks: int = 12) -> list[float]:
+    """The x ticks (percent) of the ratio axis: the distinct fixed ratios of the curves.
+
+    OTM's chosen ratio is never a tick (its star carries a rounded note instead), so a
+    ratio close to a fixed one cannot print a label into its neighbour's. More than
+    ``max_ticks`` distinct ratios, or none: no fixed ticks (``[]``, matplotlib's locator).
+
+    Parameters
+    ----------
+    curve_ratios : sequence of float
+        Ratios (in percent) of the points of the fixed-ratio curves.
+    max_ticks : int
+        Most ticks to set.
+
+    Returns
+    -------
+    list of float
+        Sorted distinct ratios (rounded to 1e-6 percent), or ``[]``.
+    """
+    ticks = sorted({round(float(x), 6) for x in curve_ratios if math.isfinite(float(x))})
+    return ticks if len(ticks) <= max_ticks else []
+
+
+#: Where an OTM note may go, in order of preference: (dx, dy) in points from the star and the
+#: text's horizontal alignment; mirrored left-right for a star in the left half of the axes.
+_NOTE_SPOTS: tuple[tuple[float, float, str], ...] = (
+    (-10, 0, "right"),
+    (-6, 12, "right"),
+    (-6, -13, "right"),
+    (0, 14, "center"),
+    (0, -15, "center"),
+    (10, 0, "left"),
+    (6, 12, "left"),
+    (6, -13, "left"),
+)
+
+
+def _annotate_otm(ax: Axes, stars: Sequence[tuple[float, float, str]]) -> None:
+    """Write each OTM star's note beside it, where it hides no curve, marker or other note.
+
+    The figure is laid out first (the note does not take part in the layout); each note then
+    takes the first spot of :data:`_NOTE_SPOTS` inside the axes whose box (a little enlarged)
+    no plotted line or point crosses; if none is free, the first spot inside the axes."""
+    if not stars:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = ax.get_figure()
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    renderer = canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    lines, points = _obstacles(ax)
+    taken: list[Any] = []
+
+    def write(note: str, x: float, y: float, dx: float, dy: float, ha: str) -> Any:
+        text = ax.annotate(
+            note,
+            (x, y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va="center",
+            fontsize="small",
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+            zorder=6,
+        )
+        text.set_in_layout(False)
+        return text
+
+    for x, y, note in stars:
+        left_half = ax.transAxes.inverted().transform(ax.transData.transform((x, y)))[0] < 0.5
+        flip = {"right": "left", "left": "right", "center": "center"}
+        spots = [(-dx, dy, flip[ha]) for dx, dy, ha in _NOTE_SPOTS] if left_half else list(_NOTE_SPOTS)
+        fallback = None
+        for dx, dy, ha in spots:
+            text = write(note, x, y, dx, dy, ha)
+            box = text.get_window_extent(renderer).expanded(1.06, 1.3)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            free = inside and not any(box.overlaps(t) for t in taken)
+            free = free and not any(path.intersects_bbox(box, filled=False) for path in lines)
+            free = free and not (len(points) and box.count_contains(points))
+            if free:
+                taken.append(box)
+                if fallback is not None:
+                    fallback.remove()
+                break
+            if fallback is None and inside:
+                fallback = text
+            else:
+                text.remove()
+        else:  # nowhere free: the first spot inside the axes, else the first spot
+            fallback = fallback if fallback is not None else write(note, x, y, *spots[0])
+            taken.append(fallback.get_window_extent(renderer))
+
+
+def _obstacles(ax: Axes) -> tuple[list[Any], np.ndarray]:
+    """What a note must not cover, in display coordinates: the drawn lines (curves, reference
+    lines, error bars) as paths, and every plotted point and marker."""
+    from matplotlib.collections import LineCollection
+
+    lines, points = [], []
+    for line in ax.get_lines():
+        path = line.get_transform().transform_path(line.get_path())
+        if line.get_linestyle() not in ("None", "none", " ", ""):
+            lines.append(path)
+        if line.get_marker() not in (None, "None", "none", " ", ""):
+            points.append(path.vertices)
+    for coll in ax.collections:
+        if isinstance(coll, LineCollection):
+            lines += [coll.get_transform().transform_path(p) for p in coll.get_paths()]
+    pts = np.concatenate(points) if points else np.empty((0, 2))
+    return lines, pts[np.isfinite(pts).all(axis=1)]
 
 
 def _draw_references(ax: Axes, long: pd.DataFrame, colours: Mapping[str, Any], factor: float) -> None:
@@ -224,18 +411,16 @@ def _draw_references(ax: Axes, long: pd.DataFrame, colours: Mapping[str, Any], f
                 ax.axhspan(y - std, y + std, color=colours[method], alpha=0.1, linewidth=0)
 
 
-def _style_ratio_axes(ax: Axes, xs: Sequence[float], log_x: bool | None) -> None:
-    """Percent x axis, log-scaled when asked or when the ratios span a factor of 8."""
+def _style_ratio_axes(ax: Axes, ticks: Sequence[float], log_x: bool) -> None:
+    """Percent x axis with ``ticks`` (:func:`ratio_ticks`; none: matplotlib's), log-scaled
+    when ``log_x``."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    ticks = sorted({round(x, 6) for x in xs})
-    if log_x is None:
-        log_x = bool(ticks) and ticks[0] > 0 and ticks[-1] / ticks[0] >= 8.0
     if log_x:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
-    if ticks and len(ticks) <= 12:
-        ax.set_xticks(ticks)
+    if ticks:
+        ax.set_xticks(list(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}%"))
     ax.set_xlabel("selected ratio of the pool (%)")
     ax.grid(True, alpha=0.3)
