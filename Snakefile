@@ -22,6 +22,7 @@ include: "workflow/rules/select.smk"
 include: "workflow/rules/downstream.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/lds.smk"
+include: "workflow/rules/paper.smk"
 
 
 # Rules that only read small files and write a table or a figure: on a cluster they run
@@ -32,9 +33,24 @@ localrules:
     figure_metric_vs_ratio,
     figure_tsne,
     lds_report,
+    paper,
+    paper_lds,
+    paper_ablation,
+    paper_segmentation,
+    paper_tsne,
+    paper_motion,
+    paper_instruction,
+    paper_claims,
 
 
 rule all:
     default_target: True
     input:
         all_outputs,
+
+
+# The paper's figures, tables and claims (workflow/rules/paper.smk) from whatever tasks the
+# config ran, under results/paper/: `snakemake --cores 2 --configfile config/paper_mini.yaml paper`.
+rule paper:
+    input:
+        paper_exhibits,

@@ -316,6 +316,100 @@ def torch_env(wildcards):
     return f"../../envs/{plan.task_env(config, pool_of(wildcards.task))}.yaml"
 
 
+# ------------------------------------------------------------------ the paper's exhibits
+# Inputs of workflow/rules/paper.smk: each exhibit reads the tasks of its kind that the
+# config has (none: the exhibit says "not run").
+
+#: The paper's published numbers, each with the figure or table it comes from.
+PAPER_NUMBERS = f"{workflow.basedir}/workflow/resources/paper_numbers.yaml"
+
+
+def paper_numbers(wildcards):
+    """The paper's numbers, parsed here (the exhibits' ``params.paper``)."""
+    import yaml
+
+    with open(PAPER_NUMBERS) as fh:
+        return yaml.safe_load(fh)
+
+
+def unit_kind(unit):
+    """The task kind of a unit (``segmentation``, ``motion``, ``instruct``, ``digits``, ...)."""
+    return plan.task_settings(config, UNITS[unit].task, check=False).kind
+
+
+def unit_record_files(unit):
+    """Every run record of a unit (what its table averages)."""
+    return [f"{RESULTS}/{unit}/metrics/{sel}/seed{seed}.json" for sel, seed in RUNS]
+
+
+def paper_units(kind=None):
+    """Input function: per unit (of ``kind``, or every unit), its kind, target set and run records."""
+
+    def units(wildcards):
+        return {
+            name: {
+                "kind": unit_kind(name),
+                "target": unit.target,
+                "records": unit_record_files(name),
+            }
+            for name, unit in UNITS.items()
+            if kind is None or unit_kind(name) == kind
+        }
+
+    return units
+
+
+def paper_unit_files(kind=None):
+    """Input function: the run records of the units of ``kind`` (every unit: None)."""
+
+    def files(wildcards):
+        return [
+            path
+            for unit in paper_units(kind)(wildcards).values()
+            for path in unit["records"]
+        ]
+
+    return files
+
+
+def paper_lds_scores(wildcards):
+    """Per LDS task, its scores (``lds.json``)."""
+    return {task: f"{RESULTS}/{task}/lds/lds.json" for task in LDS_TASKS}
+
+
+def paper_lds_files(wildcards):
+    """The LDS tasks' scores (Fig. 4, Table 6, the claims)."""
+    return list(paper_lds_scores(wildcards).values())
+
+
+def paper_tsne_figures(wildcards):
+    """Per segmentation unit, its t-SNE figure (Fig. 6)."""
+    return {
+        unit: f"{RESULTS}/figures/{unit}_tsne.png"
+        for unit in UNITS
+        if unit_kind(unit) == "segmentation"
+    }
+
+
+def paper_tsne_files(wildcards):
+    """The segmentation units' t-SNE figures."""
+    return list(paper_tsne_figures(wildcards).values())
+
+
+def paper_exhibits(wildcards):
+    """Every file of results/paper/ (the `paper` target)."""
+    names = [
+        "fig4_lds.png",
+        "tab6_wfd_ablation.md",
+        "fig5_segmentation.png",
+        "fig6_tsne.png",
+        "fig7_motion.png",
+        "tab2_instruction.md",
+        "claims.md",
+    ]
+    return [f"{RESULTS}/paper/{name}" for name in names]
+
+
 def neighbor_shard_files(wildcards):
     """The per-shard neighbour lists of one WFD feature set (whitening.neighbor_shards of them)."""
     shards = config["whitening"].get("neighbor_shards", 1)
