@@ -197,9 +197,10 @@ def test_precomputed_wfd_features_give_the_same_selection(rng):
 
 
 def test_otm_folds_on_forked_workers_give_the_same_selection(rng):
-    from conftest import unit_rows
-
     from tarot_select.select import select_otm
+
+    def unit_rows(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
 
     x = unit_rows(rng.normal(size=(600, 8)) + np.repeat(rng.normal(size=(6, 8)) * 2, 100, axis=0))
     y = unit_rows(rng.normal(size=(60, 8)) + np.repeat(rng.normal(size=(2, 8)) * 2, 30, axis=0))
