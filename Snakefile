@@ -50,7 +50,7 @@ rule all:
 
 
 # The paper's figures, tables and claims (workflow/rules/paper.smk) from whatever tasks the
-# config ran, under results/paper/: `snakemake --cores 2 --configfile config/paper_mini.yaml paper`.
+# config ran, under results/paper/: `snakemake paper --cores 2 --configfile config/paper_mini.yaml`.
 rule paper:
     input:
         paper_exhibits,
