@@ -25,7 +25,7 @@ DOCS = [
 def _rule_names() -> set[str]:
     names = set()
     for path in [ROOT / "Snakefile", *(ROOT / "workflow" / "rules").glob("*.smk")]:
-        names |= set(re.findall(r"^rule (\w+):", path.read_text(), flags=re.M))
+        names |= set(re.findall(r"^rule (\w+):", path.read_text(), flags=re.MULTILINE))
     return names
 
 
