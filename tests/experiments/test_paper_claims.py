@@ -164,6 +164,29 @@ def test_selection_transfers_reads_the_model_that_did_not_select():
     assert cl.selection_transfers(_transfer_unit(0.05, 0.22), PAPER, "instruct").verdict == cl.NOT_HOLD
 
 
+def test_selection_transfers_decides_at_the_papers_ratios_only():
+    """Table 2 reports 5 % only: a 50 % loss on the transfer model is shown, not judged;
+    Fig. 7's ratios (5, 20, 50 %) are all judged."""
+    unit = _transfer_unit(0.22, 0.05)
+    unit.transfer_cells[("tarot", "50%")] = cl.Cell(0.10, 0.0, 2)
+    unit.transfer_cells[("random", "50%")] = cl.Cell(0.30, 0.0, 2)
+    row = cl.selection_transfers(unit, PAPER, "instruct")
+    assert row.verdict == cl.HOLDS
+    assert row.ours.index("5%: TAROT 22.0") < row.ours.index("no verdict") < row.ours.index("50%: TAROT 10.0")
+    motion = cl.UnitResults(
+        "motion", "motion", BRIER, {}, None, None, "wayformer",
+        {("tarot", "5%"): cl.Cell(1.0, 0.0, 2), ("random", "5%"): cl.Cell(2.0, 0.0, 2),
+         ("tarot", "50%"): cl.Cell(3.0, 0.0, 2), ("random", "50%"): cl.Cell(2.0, 0.0, 2)},
+    )  # fmt: skip
+    row = cl.selection_transfers(motion, PAPER, "motion")
+    assert row.verdict == cl.NOT_HOLD and "no verdict" not in row.ours
+    only_50 = cl.UnitResults(
+        "instruct-bbh", "instruct", unit.metric, {}, "bbh", None, "qwen-tiny",
+        {("tarot", "50%"): cl.Cell(0.3, 0.0, 2), ("random", "50%"): cl.Cell(0.1, 0.0, 2)},
+    )  # fmt: skip
+    assert cl.selection_transfers(only_50, PAPER, "instruct").verdict == cl.NOT_RUN
+
+
 def test_selection_transfers_is_not_run_without_a_second_model():
     assert cl.selection_transfers(_unit("motion", BRIER, tarot_5=1.0, random_5=2.0), PAPER, "motion").verdict == (
         cl.NOT_RUN

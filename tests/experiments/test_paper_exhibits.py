@@ -225,3 +225,29 @@ def test_every_number_in_the_paper_numbers_file_is_in_the_papers_text():
             f"{100 * value:.2g}%",
         }
         assert any(form in text for form in forms), value
+
+
+@pytest.mark.parametrize("log_x", [False, True])
+def test_otm_and_tarot_otm_stars_at_one_ratio_are_drawn_side_by_side(log_x):
+    """Both OTM stars sit at the same chosen ratio; unshifted, the filled one hid the open one
+    (seen on the paper-mini Figs. 5 and 7). Shifted by the same display distance on any axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tarot_select.experiments.report.figures import OTM_DODGE_POINTS, otm_star_transform
+
+    fig, ax = plt.subplots(dpi=100)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlim(1, 100)
+    both = ["otm", "otm_weighted"]
+    left = otm_star_transform(ax, "otm", both).transform((60.0, 1.0))
+    right = otm_star_transform(ax, "otm_weighted", both).transform((60.0, 1.0))
+    gap = (OTM_DODGE_POINTS["otm_weighted"] - OTM_DODGE_POINTS["otm"]) * fig.dpi / 72.0
+    assert right[0] - left[0] == pytest.approx(gap) and gap > 10
+    assert right[1] == pytest.approx(left[1])
+    alone = otm_star_transform(ax, "otm", ["otm"]).transform((60.0, 1.0))
+    assert tuple(alone) == pytest.approx(tuple(ax.transData.transform((60.0, 1.0))))
+    plt.close(fig)

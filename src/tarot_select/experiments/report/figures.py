@@ -208,12 +208,31 @@ def _draw_curves(ax: Axes, long: pd.DataFrame, colours: Mapping[str, Any], facto
     return xs
 
 
+#: Horizontal shift, in points, of each OTM star when both are drawn: ``otm`` and
+#: ``otm_weighted`` select the same candidates (only the training weights differ), so they sit
+#: at the same ratio and, often, near the same value; unshifted, the filled star hid the open one.
+OTM_DODGE_POINTS = {"otm": -7.0, "otm_weighted": 7.0}
+
+
+def otm_star_transform(ax: Axes, method: str, methods: Sequence[str]) -> Any:
+    """The data transform of ``method``'s OTM star, shifted sideways by
+    :data:`OTM_DODGE_POINTS` when both ``otm`` and ``otm_weighted`` are among ``methods``
+    (in display points, so the same on a linear or a log axis)."""
+    from matplotlib.transforms import offset_copy
+
+    if not {"otm", "otm_weighted"} <= set(methods):
+        return ax.transData
+    return offset_copy(ax.transData, fig=ax.get_figure(), x=OTM_DODGE_POINTS[method], units="points")
+
+
 def _draw_otm(
     ax: Axes, long: pd.DataFrame, df: pd.DataFrame, colours: Mapping[str, Any], factor: float
 ) -> list[tuple[float, float, str]]:
     """A star per OTM label at its mean chosen ratio (``otm``; ``otm_weighted``, trained on
-    OT-potential repeat counts, an open star); returns ``(x %, y, note)`` per star."""
+    OT-potential repeat counts, an open star; side by side when both are drawn); returns
+    ``(x %, y, note)`` per star."""
     stars: list[tuple[float, float, str]] = []
+    drawn = [m for m in ("otm", "otm_weighted") if ((long["method"] == m) & long["ratio"].notna()).any()]
     for method, face in (("otm", None), ("otm_weighted", "none")):
         rows = long[(long["method"] == method) & long["ratio"].notna()]
         for _, row in rows.iterrows():
@@ -235,6 +254,7 @@ def _draw_otm(
                 capsize=3,
                 label=f"{method} ({format_ratio(x / 100.0)})",
                 zorder=5,
+                transform=otm_star_transform(ax, method, drawn),
             )
             stars.append((x, y, otm_label(method, x / 100.0)))
     return stars

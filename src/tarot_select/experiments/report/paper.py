@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import TarotInputError
 from ...io import atomic_path
 from . import claims as cl
+from .figures import otm_star_transform
 from .lds import lds_frame
 from .runs import SPEC_ATTR, PathLike, collect_runs
 from .summary import METHOD_ORDER, REFERENCE_METHODS, summary_long
@@ -417,6 +418,7 @@ def _draw_ratio_panel(ax: Axes, records: Sequence[PathLike], paper_otm: float | 
             label=cl.NAMES.get(method, method),
         )
         xs += x
+    drawn = [m for m in ("otm", "otm_weighted") if ((long["method"] == m) & long["ratio"].notna()).any()]
     for method, face in (("otm", None), ("otm_weighted", "none")):
         for _, row in long[(long["method"] == method) & long["ratio"].notna()].iterrows():
             x = float(row["ratio"]) * 100.0
@@ -432,6 +434,7 @@ def _draw_ratio_panel(ax: Axes, records: Sequence[PathLike], paper_otm: float | 
                 capsize=3,
                 zorder=5,
                 label=f"{cl.NAMES.get(method, method)} ({x:.1f} % of the pool)",
+                transform=otm_star_transform(ax, method, drawn),
             )
             xs.append(x)
     for method, style in (("full", "--"), ("target_only", "-.")):
