@@ -228,26 +228,40 @@ def test_every_number_in_the_paper_numbers_file_is_in_the_papers_text():
 
 
 @pytest.mark.parametrize("log_x", [False, True])
-def test_otm_and_tarot_otm_stars_at_one_ratio_are_drawn_side_by_side(log_x):
+def test_otm_and_tarot_otm_stars_at_one_ratio_are_drawn_side_by_side_and_in_view(log_x):
     """Both OTM stars sit at the same chosen ratio; unshifted, the filled one hid the open one
-    (seen on the paper-mini Figs. 5 and 7). Shifted by the same display distance on any axis."""
+    (seen on the paper-mini Figs. 5 and 7). Shifted by the same display distance on any axis,
+    and kept inside the axes although a shifted artist is outside autoscaling (a first version
+    drew them off the canvas, beyond the 50 % curve points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tarot_select.experiments.report.figures import OTM_DODGE_POINTS, otm_star_transform
+    from tarot_select.experiments.report.figures import OTM_DODGE_POINTS, draw_otm_star
 
-    fig, ax = plt.subplots(dpi=100)
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlim(1, 100)
-    both = ["otm", "otm_weighted"]
-    left = otm_star_transform(ax, "otm", both).transform((60.0, 1.0))
-    right = otm_star_transform(ax, "otm_weighted", both).transform((60.0, 1.0))
-    gap = (OTM_DODGE_POINTS["otm_weighted"] - OTM_DODGE_POINTS["otm"]) * fig.dpi / 72.0
+    def centres(methods):
+        fig, ax = plt.subplots(dpi=100)
+        if log_x:
+            ax.set_xscale("log")
+        ax.plot([5.0, 20.0, 50.0], [25.0, 40.0, 43.0])  # the curves end at 50 %
+        for method in methods:
+            draw_otm_star(ax, method, methods, 65.6, 45.4, 3.0, markersize=14, label=method)
+        fig.canvas.draw()
+        lo, hi = ax.get_xlim()
+        ylo, yhi = ax.get_ylim()
+        assert lo < 65.6 < hi and ylo <= 45.4 - 3.0 and 45.4 + 3.0 <= yhi
+        stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+        points = [line.get_transform().transform(line.get_xydata()[0]) for line in stars]
+        frame = ax.get_window_extent()
+        assert all(frame.x0 < px < frame.x1 and frame.y0 < py < frame.y1 for px, py in points)
+        data = ax.transData.transform((65.6, 45.4))
+        plt.close(fig)
+        return points, data, fig.dpi
+
+    (left, right), _, dpi = centres(["otm", "otm_weighted"])
+    gap = (OTM_DODGE_POINTS["otm_weighted"] - OTM_DODGE_POINTS["otm"]) * dpi / 72.0
     assert right[0] - left[0] == pytest.approx(gap) and gap > 10
     assert right[1] == pytest.approx(left[1])
-    alone = otm_star_transform(ax, "otm", ["otm"]).transform((60.0, 1.0))
-    assert tuple(alone) == pytest.approx(tuple(ax.transData.transform((60.0, 1.0))))
-    plt.close(fig)
+    (alone,), data, _ = centres(["otm"])  # one star: exactly at its ratio
+    assert tuple(alone) == pytest.approx(tuple(data))

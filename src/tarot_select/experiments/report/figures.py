@@ -214,15 +214,24 @@ def _draw_curves(ax: Axes, long: pd.DataFrame, colours: Mapping[str, Any], facto
 OTM_DODGE_POINTS = {"otm": -7.0, "otm_weighted": 7.0}
 
 
-def otm_star_transform(ax: Axes, method: str, methods: Sequence[str]) -> Any:
-    """The data transform of ``method``'s OTM star, shifted sideways by
-    :data:`OTM_DODGE_POINTS` when both ``otm`` and ``otm_weighted`` are among ``methods``
-    (in display points, so the same on a linear or a log axis)."""
+def draw_otm_star(
+    ax: Axes, method: str, methods: Sequence[str], x: float, y: float, yerr: float, xerr: float = 0.0, **style: Any
+) -> None:
+    """One OTM star (``method``: ``otm`` or ``otm_weighted``) with its error bars at ``(x, y)``.
+
+    When both ``otm`` and ``otm_weighted`` are among ``methods`` the star is shifted sideways
+    by :data:`OTM_DODGE_POINTS` (display points, so the same on a linear or a log axis). A
+    shifted artist is not in the axes' data limits, so the point and its error bars are added
+    to them here: the star always stays in view.
+    """
     from matplotlib.transforms import offset_copy
 
-    if not {"otm", "otm_weighted"} <= set(methods):
-        return ax.transData
-    return offset_copy(ax.transData, fig=ax.get_figure(), x=OTM_DODGE_POINTS[method], units="points")
+    transform = ax.transData
+    if {"otm", "otm_weighted"} <= set(methods):
+        transform = offset_copy(ax.transData, fig=ax.get_figure(), x=OTM_DODGE_POINTS[method], units="points")
+    ax.errorbar([x], [y], yerr=[yerr], xerr=[xerr], marker="*", linestyle="none", transform=transform, **style)
+    ax.update_datalim([(x - xerr, y - yerr), (x + xerr, y + yerr)])
+    ax.autoscale_view()
 
 
 def _draw_otm(
@@ -241,20 +250,20 @@ def _draw_otm(
             xerr = float(ratios.std(ddof=DDOF)) * 100.0 if len(ratios) > 1 else 0.0
             y = float(row["mean"]) * factor
             yerr = float(np.nan_to_num(row["std"] * factor, nan=0.0))
-            ax.errorbar(
-                [x],
-                [y],
-                yerr=[yerr],
-                xerr=[np.nan_to_num(xerr)],
+            draw_otm_star(
+                ax,
+                method,
+                drawn,
+                x,
+                y,
+                yerr,
+                float(np.nan_to_num(xerr)),
                 color=colours[method],
-                marker="*",
                 markersize=15,
                 markerfacecolor=face,
-                linestyle="none",
                 capsize=3,
                 label=f"{method} ({format_ratio(x / 100.0)})",
                 zorder=5,
-                transform=otm_star_transform(ax, method, drawn),
             )
             stars.append((x, y, otm_label(method, x / 100.0)))
     return stars

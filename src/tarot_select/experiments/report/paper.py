@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import TarotInputError
 from ...io import atomic_path
 from . import claims as cl
-from .figures import otm_star_transform
+from .figures import draw_otm_star
 from .lds import lds_frame
 from .runs import SPEC_ATTR, PathLike, collect_runs
 from .summary import METHOD_ORDER, REFERENCE_METHODS, summary_long
@@ -422,19 +422,19 @@ def _draw_ratio_panel(ax: Axes, records: Sequence[PathLike], paper_otm: float | 
     for method, face in (("otm", None), ("otm_weighted", "none")):
         for _, row in long[(long["method"] == method) & long["ratio"].notna()].iterrows():
             x = float(row["ratio"]) * 100.0
-            ax.errorbar(
-                [x],
-                [float(row["mean"]) * scale],
-                yerr=[0.0 if math.isnan(row["std"]) else float(row["std"]) * scale],
+            draw_otm_star(
+                ax,
+                method,
+                drawn,
+                x,
+                float(row["mean"]) * scale,
+                0.0 if math.isnan(row["std"]) else float(row["std"]) * scale,
                 color=colours[method],
-                marker="*",
                 markersize=14,
                 markerfacecolor=face,
-                linestyle="none",
                 capsize=3,
                 zorder=5,
                 label=f"{cl.NAMES.get(method, method)} ({x:.1f} % of the pool)",
-                transform=otm_star_transform(ax, method, drawn),
             )
             xs.append(x)
     for method, style in (("full", "--"), ("target_only", "-.")):
