@@ -266,7 +266,22 @@ def _draw_otm(
                 zorder=5,
             )
             stars.append((x, y, otm_label(method, x / 100.0)))
-    return stars
+    return _merge_notes(stars)
+
+
+def _merge_notes(stars: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """One note for stars drawn side by side at the same rounded ratio (``otm`` and
+    ``otm_weighted`` select the same candidates): ``"OTM, OTM weighted 65.6 %"`` at their mean
+    value; two notes there would be written over each other."""
+    groups: dict[str, list[tuple[float, float, str]]] = {}
+    for x, y, note in stars:
+        name, number, unit = note.rsplit(" ", 2)  # otm_label: "<name> <ratio> %"
+        groups.setdefault(f"{number} {unit}", []).append((x, y, name))
+    merged = []
+    for ratio, members in groups.items():
+        names = ", ".join(name for _, _, name in members)
+        merged.append((members[0][0], float(np.mean([y for _, y, _ in members])), f"{names} {ratio}".strip()))
+    return merged
 
 
 def format_ratio(fraction: float) -> str:
@@ -346,7 +361,21 @@ _NOTE_SPOTS: tuple[tuple[float, float, str], ...] = (
     (10, 0, "left"),
     (6, 12, "left"),
     (6, -13, "left"),
+    # farther out, for a pair of stars side by side (OTM_DODGE_POINTS) and their error bars
+    (-20, 0, "right"),
+    (-6, 24, "right"),
+    (-6, -25, "right"),
+    (0, 24, "center"),
+    (0, -25, "center"),
+    (20, 0, "left"),
+    (6, 24, "left"),
+    (6, -25, "left"),
+    (-32, 0, "right"),
+    (32, 0, "left"),
 )
+#: Half a star's size in points: a note's box is kept this far from every plotted point, so
+#: that it covers no marker (a box that only missed the star's centre hid half of it).
+_MARKER_RADIUS_POINTS = 8.0
 
 
 def _annotate_otm(ax: Axes, stars: Sequence[tuple[float, float, str]]) -> None:
@@ -365,6 +394,7 @@ def _annotate_otm(ax: Axes, stars: Sequence[tuple[float, float, str]]) -> None:
     renderer = canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     lines, points = _obstacles(ax)
+    radius = _MARKER_RADIUS_POINTS * fig.dpi / 72.0
     taken: list[Any] = []
 
     def write(note: str, x: float, y: float, dx: float, dy: float, ha: str) -> Any:
@@ -386,26 +416,27 @@ def _annotate_otm(ax: Axes, stars: Sequence[tuple[float, float, str]]) -> None:
         left_half = ax.transAxes.inverted().transform(ax.transData.transform((x, y)))[0] < 0.5
         flip = {"right": "left", "left": "right", "center": "center"}
         spots = [(-dx, dy, flip[ha]) for dx, dy, ha in _NOTE_SPOTS] if left_half else list(_NOTE_SPOTS)
-        fallback = None
+        # rank of a spot: 0 free; 1 crosses a line but covers no marker or note; 2 inside the
+        # axes; 3 outside. The first spot of the best rank wins.
+        best: tuple[int, Any] | None = None
         for dx, dy, ha in spots:
             text = write(note, x, y, dx, dy, ha)
             box = text.get_window_extent(renderer).expanded(1.06, 1.3)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            free = inside and not any(box.overlaps(t) for t in taken)
-            free = free and not any(path.intersects_bbox(box, filled=False) for path in lines)
-            free = free and not (len(points) and box.count_contains(points))
-            if free:
-                taken.append(box)
-                if fallback is not None:
-                    fallback.remove()
-                break
-            if fallback is None and inside:
-                fallback = text
+            clear = inside and not any(box.overlaps(t) for t in taken)
+            clear = clear and not (len(points) and box.padded(radius).count_contains(points))
+            crossed = any(path.intersects_bbox(box, filled=False) for path in lines)
+            rank = 0 if clear and not crossed else 1 if clear else 2 if inside else 3
+            if best is None or rank < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (rank, text)
             else:
                 text.remove()
-        else:  # nowhere free: the first spot inside the axes, else the first spot
-            fallback = fallback if fallback is not None else write(note, x, y, *spots[0])
-            taken.append(fallback.get_window_extent(renderer))
+            if rank == 0:
+                break
+        if best is not None:
+            taken.append(best[1].get_window_extent(renderer))
 
 
 def _obstacles(ax: Axes) -> tuple[list[Any], np.ndarray]:
