@@ -276,7 +276,14 @@ def child(approach: str, method: str, args: argparse.Namespace) -> dict:
             sel = api.select("tarot", x, t, budget=budget, wfd_features=(xw, tw), neighbors=nb, evaluate=False).indices
         else:
             sel = api.select(
-                "otm", x, t, n_folds=args.folds, wfd_features=(xw, tw), neighbors=nb, evaluate=False
+                "otm",
+                x,
+                t,
+                n_folds=args.folds,
+                wfd_features=(xw, tw),
+                neighbors=nb,
+                evaluate=False,
+                workers=args.workers,
             ).indices
         t2 = time.perf_counter()
     else:
