@@ -273,6 +273,11 @@ def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
     """One fold of OTM: grow from the fold's neighbours, measure against the other folds'
     targets after every round, stop after ``patience`` rounds without a new minimum.
 
+    Each round's OT starts from the previous round's potentials: Sinkhorn from its target
+    potentials, the exact solver (POT >= 0.9.7) from both (the new rows at the c-transform).
+    An exact round's value is the same optimum either way; the warm start halves the network
+    simplex's time on the benchmark's 50 k pool.
+
     Returns the kept candidates (the selection at the minimum) and the fold's record.
     """
     candidates, targets, ranks = state.candidates, state.targets, state.ranks
@@ -286,6 +291,7 @@ def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
     trace: list[float] = []
     best, best_size, best_rank, since = math.inf, 0, -1, 0
     g_prev = None  # held-out potentials of the previous round: Sinkhorn's warm start
+    fg_prev = None  # both exact potentials of the previous round: the network simplex's warm start
     bias = 0.0  # largest error bound of the trace's distances
     for rank in range(state.limit):
         new = _new_in_round(ranks.column(rank)[fold], chosen)
@@ -295,8 +301,12 @@ def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
         order.append(new)
         rows.append(take_rows(candidates, new))
         size += len(new)
-        res = ot_distance(np.concatenate(rows), held_out, method=state.solver, reg=state.reg, g_init=g_prev)
+        res = ot_distance(
+            np.concatenate(rows), held_out, method=state.solver, reg=state.reg, g_init=g_prev, potentials_init=fg_prev
+        )
         g_prev = res.potential_target if res.method == "sinkhorn" else None
+        # the selection only grows (new rows last): its rows keep their potentials
+        fg_prev = (res.potential_source, res.potential_target) if res.method == "exact" else None
         dist = res.value
         bias = max(bias, res.bias_bound)
         trace.append(dist)

@@ -41,6 +41,29 @@ def test_exact_ot_equals_pot_emd2(seed):
     assert res.value == pytest.approx(a @ f / a.sum() + b @ g / b.sum(), rel=1e-7)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_warm_start_from_a_smaller_problem_reaches_the_same_optimum(seed):
+    """OTM's rounds: the source grows by rows appended last; the previous potentials (the new
+    rows at the c-transform of g, which keeps them dual feasible) warm-start the network simplex."""
+    from tarot_select.distance import _warm_start_potentials
+
+    r = np.random.default_rng(seed)
+    x, y = unit_rows(r.normal(size=(160, 8))), unit_rows(r.normal(size=(50, 8)) + 0.4)
+    first = ot_distance(x[:100], y, method="exact")
+    init = (first.potential_source, first.potential_target)
+    cost = pairwise_wfd(x, y)
+    f, g = _warm_start_potentials(cost, init)
+    np.testing.assert_array_equal(f[:100], first.potential_source)
+    assert (f[:, None] + g[None, :] <= cost + 1e-12).all()  # dual feasible
+    assert np.allclose((cost[100:] - f[100:, None] - g).min(axis=1), 0)  # tight: the c-transform
+    warm = ot_distance(x, y, method="exact", potentials_init=init)
+    cold = ot_distance(x, y, method="exact")
+    assert warm.converged and warm.value == pytest.approx(cold.value, rel=1e-12, abs=1e-14)
+    assert warm.value == pytest.approx(ot.emd2(np.full(160, 1 / 160), np.full(50, 1 / 50), cost), rel=1e-12)
+    with pytest.raises(TarotInputError, match="do not fit"):
+        ot_distance(x[:50], y, method="exact", potentials_init=init)  # f longer than the source
+
+
 def test_sinkhorn_approaches_exact(rng):
     x, y = unit_rows(rng.normal(size=(300, 16))), unit_rows(rng.normal(size=(200, 16)) + 0.3)
     exact = ot_distance(x, y, method="exact").value

@@ -209,3 +209,38 @@ def test_otm_folds_on_forked_workers_give_the_same_selection(rng):
     np.testing.assert_array_equal(one.indices, two.indices)
     assert [f["trace"] for f in one.info["folds"]] == [f["trace"] for f in two.info["folds"]]
     assert one.ot_trace == two.ot_trace and len(one.info["folds"]) == 5
+
+
+def test_otm_exact_rounds_are_warm_started_and_give_the_same_selection(monkeypatch):
+    """Each exact round starts the network simplex from the previous round's potentials
+    (POT >= 0.9.7): the same optimum, so the same traces and selection as cold starts."""
+    import functools
+
+    import tarot_select.distance as dist
+
+    ot = dist._import_pot()
+    if not dist._emd_warm_start_supported(ot):
+        pytest.skip("this POT has no warm start for emd2 (POT < 0.9.7)")
+    rng = np.random.default_rng(5)
+    x = unit_rows(rng.normal(size=(800, 12)) + np.repeat(rng.normal(size=(8, 12)) * 2, 100, axis=0))
+    y = unit_rows(rng.normal(size=(80, 12)) + np.repeat(rng.normal(size=(2, 12)) * 2, 40, axis=0))
+    calls = {"warm": 0, "cold": 0}
+    emd2 = ot.emd2
+
+    @functools.wraps(emd2)  # keeps emd2's signature: the warm start is detected from it
+    def counting(*args, **kwargs):
+        calls["warm" if kwargs.get("potentials_init") is not None else "cold"] += 1
+        return emd2(*args, **kwargs)
+
+    monkeypatch.setattr(ot, "emd2", counting)
+    warm = select_otm(x, y, n_folds=4, seed=1, ot_method="exact")
+    assert warm.info["solver"] == "exact"
+    n_rounds = sum(len(f["trace"]) for f in warm.info["folds"])
+    assert calls == {"warm": n_rounds - 4, "cold": 4}  # every round but each fold's first
+    monkeypatch.setattr(dist, "_emd_warm_start_supported", lambda _ot: False)
+    cold = select_otm(x, y, n_folds=4, seed=1, ot_method="exact")
+    assert calls["cold"] == 4 + n_rounds
+    np.testing.assert_array_equal(warm.indices, cold.indices)
+    for a, b in zip(warm.info["folds"], cold.info["folds"], strict=True):
+        np.testing.assert_allclose(a["trace"], b["trace"], rtol=0, atol=1e-12)
+        assert a["kept"] == b["kept"]
