@@ -265,23 +265,26 @@ def _draw_otm(
                 label=f"{method} ({format_ratio(x / 100.0)})",
                 zorder=5,
             )
-            stars.append((x, y, otm_label(method, x / 100.0)))
+            stars.append((x, y, method))
     return _merge_notes(stars)
 
 
 def _merge_notes(stars: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """One note for stars drawn side by side at the same rounded ratio (``otm`` and
-    ``otm_weighted`` select the same candidates): ``"OTM, OTM weighted 65.6 %"`` at their mean
-    value; two notes there would be written over each other."""
+    """``(x %, y, note)`` per OTM note from ``(x %, y, method)`` per star: one note for stars at
+    the same rounded ratio (``otm`` and ``otm_weighted`` select the same candidates), e.g.
+    ``"OTM, OTM weighted 65.6 %"`` at their mean value; two notes there would be written over
+    each other."""
     groups: dict[str, list[tuple[float, float, str]]] = {}
-    for x, y, note in stars:
-        name, number, unit = note.rsplit(" ", 2)  # otm_label: "<name> <ratio> %"
-        groups.setdefault(f"{number} {unit}", []).append((x, y, name))
-    merged = []
-    for ratio, members in groups.items():
-        names = ", ".join(name for _, _, name in members)
-        merged.append((members[0][0], float(np.mean([y for _, y, _ in members])), f"{names} {ratio}".strip()))
-    return merged
+    for x, y, method in stars:
+        groups.setdefault(format_ratio(x / 100.0), []).append((x, y, method))
+    return [
+        (
+            members[0][0],
+            float(np.mean([y for _, y, _ in members])),
+            f"{', '.join(_otm_name(m) for _, _, m in members)} {ratio}",
+        )
+        for ratio, members in groups.items()
+    ]
 
 
 def format_ratio(fraction: float) -> str:
@@ -323,8 +326,12 @@ def otm_label(method: str, fraction: float) -> str:
     str
         The method in capitals and its rounded ratio (:func:`format_ratio`).
     """
-    name = "OTM" + (" " + method[len("otm_") :].replace("_", " ") if method.startswith("otm_") else "")
-    return f"{name} {format_ratio(fraction)}"
+    return f"{_otm_name(method)} {format_ratio(fraction)}"
+
+
+def _otm_name(method: str) -> str:
+    """``"otm"`` -> ``"OTM"``, ``"otm_<variant>"`` -> ``"OTM <variant>"`` (underscores as spaces)."""
+    return "OTM" + (" " + method[len("otm_") :].replace("_", " ") if method.startswith("otm_") else "")
 
 
 def ratio_ticks(curve_ratios: Sequence[float], max_ticks: int = 12) -> list[float]:

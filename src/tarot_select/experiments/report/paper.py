@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 from ...errors import TarotInputError
 from ...io import atomic_path
 from . import claims as cl
-from .figures import draw_otm_star
+from .figures import _PNG_DPI, _method_colours, _save_png, draw_otm_star
 from .lds import lds_frame
 from .runs import SPEC_ATTR, PathLike, collect_runs
-from .summary import METHOD_ORDER, REFERENCE_METHODS, summary_long
+from .summary import REFERENCE_METHODS, summary_long
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
@@ -72,7 +72,7 @@ RATIO_EXHIBITS: dict[str, tuple[str, str]] = {
     "fig7": ("motion", "Fig. 7 analogue: motion prediction (WOMD + AV2 + nuPlan \u2192 nuScenes in the paper)"),
 }
 _PAPER_COLOUR = "0.35"
-_DPI = 120
+_DPI = _PNG_DPI  # the per-task figures' resolution (figures.py), which saves these too
 _REQUIRED = {"fig4": (), "tab6": ("ensembles", "lds"), "fig5": (), "fig7": (), "tab2": ("rows",)}
 
 
@@ -224,21 +224,6 @@ def _not_run(ax: Axes, reason: str) -> None:
     ax.text(0.5, 0.38, reason, ha="center", va="center", fontsize=9, color="0.3", transform=ax.transAxes, wrap=True)
 
 
-def _save(fig: Figure, path: PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI)
-    logger.info("wrote %s", path)
-    return Path(path)
-
-
-def _colours(methods: Sequence[str]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
-    palette = list(colormaps["tab10"].colors)
-    order = [*METHOD_ORDER, *sorted(m for m in set(methods) if m not in METHOD_ORDER)]
-    return {m: palette[order.index(m) % len(palette)] for m in methods}
-
-
 def _percent(value: float) -> str:
     return f"{value:.3g} %"
 
@@ -312,7 +297,7 @@ def plot_fig4(lds: Mapping[str, PathLike], numbers: Mapping[str, Any], path: Pat
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     fig.suptitle("Fig. 4 analogue: linear datamodeling score, WFD vs TRAK")
-    return _save(fig, path)
+    return _save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- Table 6
@@ -400,7 +385,7 @@ def _draw_ratio_panel(ax: Axes, records: Sequence[PathLike], paper_otm: float | 
     spec = runs.attrs[SPEC_ATTR]
     scale = float(spec["scale"])
     long = summary_long(runs)
-    colours = _colours(list(long["method"]))
+    colours = _method_colours(list(long["method"]))
     xs: list[float] = []
     for method, grp in long[~long["method"].isin(REFERENCE_METHODS)].groupby("method", sort=False):
         grp = grp[grp["ratio"].notna()].sort_values("ratio")
@@ -525,7 +510,7 @@ def plot_ratio_exhibit(
         _draw_ratio_panel(ax, unit["records"], block.get("otm_ratio"))
         ax.set_title(f"{name} (this run)")
     fig.suptitle(title)
-    return _save(fig, path)
+    return _save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- Fig. 6
@@ -587,7 +572,7 @@ def plot_tsne_exhibit(tsne: Mapping[str, PathLike], numbers: Mapping[str, Any], 
         ax.axis("off")
         ax.set_title(f"{name} (this run)", fontsize=10)
     fig.suptitle("Fig. 6 analogue: t-SNE of target and selected candidates")
-    return _save(fig, path)
+    return _save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- Table 2
