@@ -74,7 +74,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._validate import check_pair, resolve_budget
-from .distance import OTMethod, choose_solver, ot_distance
+from .distance import OTMethod, choose_solver, ot_distance, pairwise_wfd
 from .errors import TarotInputError
 from .io import take_rows
 from .knn import Neighbors, nearest_neighbors
@@ -269,10 +269,21 @@ class _OtmState:
     patience: int
 
 
+def _grow_rows(buf: np.ndarray, used: int, need: int) -> np.ndarray:
+    """``buf`` with room for ``need`` rows, its first ``used`` rows kept (capacity doubles)."""
+    if need <= buf.shape[0]:
+        return buf
+    out = np.empty((max(need, 2 * buf.shape[0]), buf.shape[1]), dtype=buf.dtype)
+    out[:used] = buf[:used]
+    return out
+
+
 def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
     """One fold of OTM: grow from the fold's neighbours, measure against the other folds'
     targets after every round, stop after ``patience`` rounds without a new minimum.
 
+    Exact rounds compute only the new points' cost rows (the selection only grows; the
+    rows live in one buffer grown geometrically).
     Each round's OT starts from the previous round's potentials: Sinkhorn from its target
     potentials, the exact solver (POT >= 0.9.7) from both (the new rows at the c-transform).
     An exact round's value is the same optimum either way; the warm start halves the network
@@ -287,6 +298,7 @@ def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
     chosen = np.zeros(n, dtype=bool)
     order: list[np.ndarray] = []
     rows: list[np.ndarray] = []  # features of the selection, read once per round's new points
+    cost = np.empty((0, held_out.shape[0]))  # exact rounds: the selection's cost rows (grown, never recomputed)
     size = 0
     trace: list[float] = []
     best, best_size, best_rank, since = math.inf, 0, -1, 0
@@ -300,9 +312,18 @@ def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
         chosen[new] = True
         order.append(new)
         rows.append(take_rows(candidates, new))
+        if state.solver == "exact":
+            cost = _grow_rows(cost, size, size + len(new))
+            cost[size : size + len(new)] = pairwise_wfd(rows[-1], held_out)
         size += len(new)
         res = ot_distance(
-            np.concatenate(rows), held_out, method=state.solver, reg=state.reg, g_init=g_prev, potentials_init=fg_prev
+            np.concatenate(rows),
+            held_out,
+            method=state.solver,
+            reg=state.reg,
+            cost=cost[:size] if state.solver == "exact" else None,
+            g_init=g_prev,
+            potentials_init=fg_prev,
         )
         g_prev = res.potential_target if res.method == "sinkhorn" else None
         # the selection only grows (new rows last): its rows keep their potentials

@@ -244,3 +244,29 @@ def test_otm_exact_rounds_are_warm_started_and_give_the_same_selection(monkeypat
     for a, b in zip(warm.info["folds"], cold.info["folds"], strict=True):
         np.testing.assert_allclose(a["trace"], b["trace"], rtol=0, atol=1e-12)
         assert a["kept"] == b["kept"]
+
+
+def test_otm_exact_rounds_reuse_the_cost_rows_of_earlier_points(monkeypatch, rng):
+    """Exact rounds compute only the new points' cost rows: every round's cost matrix must
+    still be the full selection × held-out WFD matrix, row for row."""
+    import sys
+
+    from tarot_select.distance import pairwise_wfd
+
+    sel_mod = sys.modules["tarot_select.select"]  # the package's ``select`` attribute is the function
+
+    x = unit_rows(rng.normal(size=(500, 6)) + np.repeat(rng.normal(size=(5, 6)) * 2, 100, axis=0))
+    y = unit_rows(rng.normal(size=(60, 6)) + 1.0)
+    seen = []
+    real = sel_mod.ot_distance
+
+    def checking(source, target, **kwargs):
+        cost = kwargs["cost"]
+        assert cost is not None and cost.shape == (len(source), len(target))
+        np.testing.assert_allclose(cost, pairwise_wfd(source, target), rtol=0, atol=1e-12)
+        seen.append(len(source))
+        return real(source, target, **kwargs)
+
+    monkeypatch.setattr(sel_mod, "ot_distance", checking)
+    res = select_otm(x, y, n_folds=3, seed=2, ot_method="exact", patience=3)
+    assert len(seen) == sum(len(f["trace"]) for f in res.info["folds"]) and max(seen) > 2 * min(seen)

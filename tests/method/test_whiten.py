@@ -41,6 +41,45 @@ def test_zca_is_symmetric_and_normalised_rows_are_unit(rng):
     assert np.allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cholesky_blocks_are_whitened_in_place_by_the_triangular_map(rng, dtype):
+    # W = L^{-T} is exactly upper triangular, so the block product is a trmm on the block's
+    # own buffer; it must equal the general product (x - mu) W, row-normalised
+    x = correlated(rng, n=700, d=24)
+    w = Whitener("cholesky", compute_dtype=dtype).fit(x)
+    assert np.array_equal(np.triu(w.matrix_), w.matrix_)
+    block = np.array(x[:300], dtype=dtype)
+    out = w.transform_block(block)
+    assert np.shares_memory(out, block)
+    ref = (x[:300] - w.mean_) @ w.matrix_
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.abs(out - ref).max() < tol
+    assert np.abs(w.transform(x[:300]) - ref).max() < tol  # transform goes through the same path
+    zca = Whitener("zca", compute_dtype=dtype).fit(x)
+    ref_z = (x[:300] - zca.mean_) @ zca.matrix_
+    ref_z /= np.linalg.norm(ref_z, axis=1, keepdims=True)
+    assert np.abs(zca.transform_block(np.array(x[:300], dtype=dtype)) - ref_z).max() < tol
+    with pytest.raises(TarotInputError, match="C-contiguous"):
+        w.transform_block(np.asfortranarray(block))
+    refit = Whitener("cholesky", compute_dtype=dtype).fit(x * 3.0)
+    refit.transform(x[:5] * 3.0)  # casts W and mu for this fit
+    refit.fit(x * 2.0 + 1.0)  # a refit must not reuse them
+    assert np.abs(refit.transform(x[:5] * 2.0 + 1.0) - ref[:5]).max() < tol
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("row", [0, 250])  # in the block that sets the shift, and in a later one
+def test_statistics_refuse_non_finite_rows_and_accept_large_finite_ones(rng, bad, row):
+    x = correlated(rng, n=400, d=6).astype(np.float32)
+    x[row, 3] = bad
+    with pytest.raises(TarotInputError, match=r"rows 2?0*\.\.\d+ hold NaN or infinite"):
+        WhiteningStats(6).update(x, block_rows=200)
+    big = correlated(rng, n=400, d=6).astype(np.float32)
+    big[row, 3] = np.finfo(np.float32).max  # finite: the float64 sums must not overflow
+    assert np.isfinite(WhiteningStats(6).update(big, block_rows=200).outer).all()
+
+
 def test_joint_fit_uses_candidates_and_targets(rng):
     cand, targ = correlated(rng, n=300), correlated(rng, n=100) + 5
     zc, zt = whiten(cand, targ, normalize=False, eps=1e-12, compute_dtype=np.float64)
