@@ -136,6 +136,14 @@ FLOAT64_MAX_ENTRIES = 1_000_000
 BLOCK_ENTRIES = 1 << 22
 #: Smallest marginal tolerance :func:`sinkhorn_log` asks of float32.
 FLOAT32_TOL = 1e-5
+#: Largest problem (entries) whose Sinkhorn iterates at the target ε in the kernel domain
+#: (:func:`sinkhorn_log`): a stored kernel of the cost matrix's size and dtype (256 MiB in
+#: float32); larger problems iterate in the log domain on the cost matrix alone.
+KERNEL_MAX_ENTRIES = 1 << 26
+#: Drift :math:`\max|f - \hat f|/\varepsilon` (or of :math:`g`) at which the kernel is rebuilt
+#: about the current potentials ("absorption"), per dtype: the scalings
+#: :math:`e^{(f-\hat f)/\varepsilon}` stay far from overflow and underflow.
+ABSORB_AT = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 200.0}
 #: Iterations without a 10 % drop of the marginal error after which Sinkhorn gives up.
 STALL_ITERS = 50
 #: Largest over-relaxation factor of :func:`sinkhorn_log` (convergence needs < 2).
@@ -417,6 +425,7 @@ def sinkhorn_log(
     tol: float = 1e-6,
     block_entries: int = BLOCK_ENTRIES,
     overrelax: bool = True,
+    kernel_max_entries: int = KERNEL_MAX_ENTRIES,
 ) -> SinkhornResult:
     r"""Entropic OT by log-domain Sinkhorn with ε-scaling and over-relaxation, in row blocks.
 
@@ -446,6 +455,21 @@ def sinkhorn_log(
     value, :math:`\omega` falls back to 1. The fixed point, hence the result, is the same;
     the last :math:`f` is always a plain update (exact row sums).
 
+    Kernel domain (problems up to ``kernel_max_entries``): at :math:`\varepsilon` the
+    same updates are computed from a stored kernel
+    :math:`K_{ij} = e^{(\hat f_i + \hat g_j - C_{ij})/\varepsilon}` about reference
+    potentials :math:`\hat f, \hat g`:
+
+    .. math:: g_j = \hat g_j - \varepsilon \log \big(K^\top (a \odot u)\big)_j,\qquad
+              f_i = \hat f_i - \varepsilon \log \big(K (b \odot v)\big)_i,
+
+    with :math:`u = e^{(f-\hat f)/\varepsilon}`, :math:`v = e^{(g-\hat g)/\varepsilon}`:
+    one matrix-vector product per update instead of an exponential of every entry. When
+    :math:`f` or :math:`g` drifts more than :data:`ABSORB_AT` ε from the reference, the
+    kernel is rebuilt about the current potentials (absorption, Schmitzer 2019); a kernel
+    row or column that underflows falls back to the log domain. The iterates are the
+    log-domain ones up to rounding.
+
     Parameters
     ----------
     cost : np.ndarray, shape (n, m)
@@ -469,6 +493,8 @@ def sinkhorn_log(
         Cost entries per row block, bounding the temporaries to a few times this.
     overrelax : bool
         Adaptive over-relaxation at the target :math:`\varepsilon` (False: plain Sinkhorn).
+    kernel_max_entries : int
+        Largest problem iterated in the kernel domain (0: always the log domain).
 
     Returns
     -------
@@ -526,6 +552,77 @@ def sinkhorn_log(
 
         return (-e * np.concatenate(_map_blocks(part, blocks))).astype(dt)
 
+    a_dt, b_dt = np.asarray(a, dtype=dt), np.asarray(b, dtype=dt)
+    kern: dict[str, np.ndarray] = {}  # "K", "f", "g": the kernel and its reference potentials
+    absorb_at = ABSORB_AT.get(dt, 20.0) * eps
+
+    def absorb(f: np.ndarray, g: np.ndarray) -> bool:
+        """(Re)build the kernel about (f, g); False (and no kernel) if a row or column underflows."""
+        k = kern.get("K")
+        if k is None:
+            k = np.empty((n, m), dtype=dt)
+        col = (g / eps).astype(dt)[None, :]
+        row = (f / eps).astype(dt)[:, None]
+
+        def part(w: int, s: int, t: int) -> bool:
+            z = k[s:t]
+            np.multiply(cost[s:t], -1.0 / eps, out=z)
+            z += col
+            z += row[s:t]
+            np.exp(z, out=z)
+            return bool((z.max(axis=1) > 0).all())
+
+        rows_ok = all(_map_blocks(part, blocks))
+        if not rows_ok or not (k.max(axis=0) > 0).all():
+            kern.clear()
+            log.debug("sinkhorn: kernel underflows at eps=%.3g; iterating in the log domain", eps)
+            return False
+        kern.update(K=k, f=f.copy(), g=g.copy())
+        return True
+
+    def kernel_g(f: np.ndarray) -> np.ndarray:
+        u = np.exp((f - kern["f"]) / eps).astype(dt)
+        with np.errstate(divide="ignore"):
+            return (kern["g"] - eps * np.log(kern["K"].T @ (a_dt * u))).astype(dt)
+
+    def kernel_f(g: np.ndarray) -> np.ndarray:
+        v = np.exp((g - kern["g"]) / eps).astype(dt)
+        with np.errstate(divide="ignore"):
+            return (kern["f"] - eps * np.log(kern["K"] @ (b_dt * v))).astype(dt)
+
+    def drifted(f: np.ndarray, g: np.ndarray) -> bool:
+        return bool(np.abs(f - kern["f"]).max() > absorb_at or np.abs(g - kern["g"]).max() > absorb_at)
+
+    def step_g(f: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """g's update at eps (kernel domain when a kernel is held)."""
+        if kern and drifted(f, g):
+            absorb(f, g)
+        if kern:
+            out = kernel_g(f)
+            if np.isfinite(out).all():
+                return out
+            if absorb(f, g):  # rebuilt about the current potentials: once more
+                out = kernel_g(f)
+                if np.isfinite(out).all():
+                    return out
+            kern.clear()
+        return update_g(f, eps)
+
+    def step_f(g: np.ndarray, f: np.ndarray) -> np.ndarray:
+        """f's update at eps (kernel domain when a kernel is held)."""
+        if kern and drifted(f, g):
+            absorb(f, g)
+        if kern:
+            out = kernel_f(g)
+            if np.isfinite(out).all():
+                return out
+            if absorb(f, g):
+                out = kernel_f(g)
+                if np.isfinite(out).all():
+                    return out
+            kern.clear()
+        return update_f(g, eps)
+
     cmax = float(cost.max()) if cost.size else 0.0
     if g_init is not None:
         g = np.array(g_init, dtype=dt)
@@ -545,16 +642,18 @@ def sinkhorn_log(
         n_iter += 1
     tol_eff = max(tol, FLOAT32_TOL) if dt == np.float32 else tol
     b_arr = np.asarray(b, dtype=dt)
+    if 0 < n * m <= kernel_max_entries and n_iter < max_iter:
+        absorb(f, g)
     err, best, since = math.inf, math.inf, 0
     converged = False
     omega, errs, last_estimate = 1.0, [], 0
     relaxed_f = False  # the current f is a relaxed (not a plain) update
     while n_iter < max_iter:
-        g_new = update_g(f, eps)
+        g_new = step_g(f, g)
         err = float((b_arr * np.abs(np.expm1((g - g_new) / eps))).sum())
         if err <= tol_eff or not math.isfinite(err):
             g = g_new
-            f, relaxed_f = update_f(g, eps), False
+            f, relaxed_f = step_f(g, f), False
             n_iter += 1
             converged = err <= tol_eff
             break
@@ -575,14 +674,15 @@ def sinkhorn_log(
                 last_estimate = k
         if omega == 1.0:
             g = g_new
-            f, relaxed_f = update_f(g, eps), False
+            f, relaxed_f = step_f(g, f), False
         else:
             g = (g + omega * (g_new - g)).astype(dt)
-            f_new = update_f(g, eps)
+            f_new = step_f(g, f)
             f, relaxed_f = (f + omega * (f_new - f)).astype(dt), True
         n_iter += 1
     if relaxed_f:  # exact row sums for the returned plan
-        f = update_f(g, eps)
+        f = step_f(g, f)
+    kern.clear()  # the kernel's memory goes before the plan's pass
     row = (log_a + f / eps).astype(dt)[:, None]
     col = (log_b + g / eps).astype(dt)[None, :]
     a64 = np.asarray(a, dtype=np.float64)

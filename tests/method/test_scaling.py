@@ -222,3 +222,52 @@ def test_row_writer_is_all_or_nothing(tmp_path):
     fs = load_features(path)
     assert fs.array.dtype == np.float16 and np.array_equal(fs.array, np.arange(8).reshape(4, 2))
     assert fs.meta["note"] == "x"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernel_domain_iterations_equal_the_log_domain_ones(rng, dtype):
+    """At the target ε the kernel domain (matrix-vector products on a stored kernel) must
+    reach the log domain's answer, cold and warm, with and without absorption."""
+    import tarot_select.distance as dist
+
+    x, y = _clouds(rng, 500, 300, d=6)
+    a, b = np.full(500, 1 / 500), np.full(300, 1 / 300)
+    c = pairwise_wfd(x, y).astype(dtype)
+    eps = 0.01 * float(c.max())
+    tol = 1e-9 if dtype == np.float64 else 1e-5
+    rtol = 1e-9 if dtype == np.float64 else 1e-5
+    log_dom = sinkhorn_log(c, a, b, eps, tol=tol, kernel_max_entries=0)
+    kern = sinkhorn_log(c, a, b, eps, tol=tol)
+    assert log_dom.converged and kern.converged
+    assert kern.value == pytest.approx(log_dom.value, rel=rtol)
+    assert np.allclose(kern.f, log_dom.f, rtol=0, atol=50 * rtol * eps)
+    assert np.allclose(kern.g, log_dom.g, rtol=0, atol=50 * rtol * eps)
+    if dtype == np.float64:
+        assert kern.n_iter == log_dom.n_iter  # the same iterates up to rounding
+    assert kern.plan_error < 10 * tol
+    warm = sinkhorn_log(c, a, b, eps, tol=tol, g_init=log_dom.g + 0.3 * eps)
+    assert warm.converged and warm.value == pytest.approx(log_dom.value, rel=rtol)
+    # absorption at every update (a drift bound of 0) changes nothing but the time
+    absorbing = dict(dist.ABSORB_AT)
+    try:
+        dist.ABSORB_AT.update({k: 0.0 for k in absorbing})
+        every = sinkhorn_log(c, a, b, eps, tol=tol)
+    finally:
+        dist.ABSORB_AT.update(absorbing)
+    assert every.converged and every.value == pytest.approx(log_dom.value, rel=rtol)
+
+
+def test_a_kernel_that_underflows_falls_back_to_the_log_domain(rng, caplog):
+    # a warm start with one target potential far below the others: that kernel column
+    # underflows (all of it below float64's tiny), so the iterations run in the log domain
+    x, y = _clouds(rng, 200, 100, d=6)
+    a, b = np.full(200, 1 / 200), np.full(100, 1 / 100)
+    c = pairwise_wfd(x, y)
+    eps = 0.01 * float(c.max())
+    ref = sinkhorn_log(c, a, b, eps, tol=1e-9, kernel_max_entries=0)
+    g0 = ref.g.copy()
+    g0[7] -= 2000 * eps
+    with caplog.at_level("DEBUG", logger="tarot_select.distance"):
+        res = sinkhorn_log(c, a, b, eps, tol=1e-9, g_init=g0)
+    assert "kernel underflows" in caplog.text
+    assert res.converged and res.value == pytest.approx(ref.value, rel=1e-9)
