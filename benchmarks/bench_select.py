@@ -241,6 +241,52 @@ def released(
 
 
 # ----------------------------------------------------------------- children
+def kernel_rates(d: int, m: int, rows: int = 8192, repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of the BLAS products the whitening pass is made of, best of ``repeats``, on
+    blocks of its shapes: the float64 Gram product (``syrk``, n·d² flops), the float32
+    transform (2·n·d²) and the float32 neighbour scores (2·n·m·d)."""
+    rng = np.random.default_rng(0)
+    x64 = rng.standard_normal((rows, d))
+    x32 = x64.astype(np.float32)
+    w32 = rng.standard_normal((d, d)).astype(np.float32)
+    y32 = rng.standard_normal((m, d)).astype(np.float32)
+    jobs = {
+        "gram_f64": (lambda: x64.T @ x64, rows * d * d),
+        "transform_f32": (lambda: x32 @ w32, 2 * rows * d * d),
+        "neighbors_f32": (lambda: y32 @ x32.T, 2 * rows * m * d),
+    }
+    rates = {}
+    for name, (fn, flops) in jobs.items():
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        rates[name] = flops / best / 1e9
+    return rates
+
+
+def floor_report(lib: dict, n: int, m: int, d: int) -> str:
+    """Each part of the library's whitening pass against its BLAS floor at the rates measured
+    in the same child: fit (float64 Gram of n + m rows), transform + write (float32 product,
+    the write included), neighbour search (float32 scores)."""
+    parts, rates = lib.get("whiten_parts_s"), lib.get("kernel_rates")
+    if not parts or not rates:
+        return ""
+    floors = {
+        "fit": (n + m) * d * d / (rates["gram_f64"] * 1e9),
+        "transform": 2 * (n + m) * d * d / (rates["transform_f32"] * 1e9),
+        "neighbors": 2 * n * m * d / (rates["neighbors_f32"] * 1e9),
+    }
+    took = {"fit": parts["fit"], "transform": parts["transform"] - parts["neighbors"], "neighbors": parts["neighbors"]}
+    cells = ", ".join(f"{k} {took[k]:.2f} s / floor {floors[k]:.2f} s = {took[k] / floors[k]:.1f}x" for k in floors)
+    return (
+        f"{lib['method']}: library whitening pass against its BLAS floor ({cells}; measured "
+        f"{rates['gram_f64']:.0f} GFLOP/s float64 Gram, {rates['transform_f32']:.0f} / "
+        f"{rates['neighbors_f32']:.0f} GFLOP/s float32 transform / scores)"
+    )
+
+
 def child(approach: str, method: str, args: argparse.Namespace) -> dict:
     """One approach, one selection method, in this (forked) process: whitening (and the neighbour
     pass) then the selection. Times: ``wall_s`` from the child's start (imports included),
@@ -361,7 +407,12 @@ def main(argv: list[str]) -> int:
         return 2
     data_files(args)  # generated once, outside the timed children
     methods = [m for m in ("fixed", "otm") if m in args.methods]
-    results = [run_child(a, m, argv) for m in methods for a in approaches]  # fork before torch is imported here
+    results = []
+    for m in methods:
+        for a in approaches:
+            results.append(run_child(a, m, argv))  # fork before torch is imported here
+            if a == "library":  # BLAS rates right after the child, here (its peak memory stays its own)
+                results[-1]["kernel_rates"] = kernel_rates(args.d, args.m)
 
     from tarot_select.distance import ot_distance
     from tarot_select.io import load_features
@@ -392,6 +443,8 @@ def main(argv: list[str]) -> int:
     by = {(r["approach"], r["method"]): r for r in results}
     for m in methods:
         lib, rel = by.get(("library", m)), by.get(("released", m))
+        if lib:
+            print(floor_report(lib, args.n, args.m, args.d))
         if lib and rel:
             print(
                 f"{m}: against the released code {rel['wall_s'] / lib['wall_s']:.1f}x wall, "

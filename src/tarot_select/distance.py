@@ -37,14 +37,17 @@ Uniqueness of the potentials
 
 Solver choice (``method="auto"``), by expected cost
     The exact solver is unbiased, while Sinkhorn at ``reg = 0.01`` reads 1–2 % high, and
-    in the middle range it costs about as much (measured on 2 cores, clustered whitened
-    features: 0.09 s vs 0.12 s at 900 × 700, 0.45 s vs 0.15 s at 2,000 × 1,000, 11 s
-    vs 4.6 s at 5,000 × 5,000). :func:`estimated_seconds` models its CPU time as
+    in the middle range it costs a few times more (measured on 2 cores, clustered whitened
+    features: 0.12 s vs 0.06 s at 900 × 700, 0.35 s vs 0.10 s at 2,000 × 1,000, 11 s
+    vs 1.0 s at 5,000 × 5,000, Sinkhorn in the kernel domain). :func:`estimated_seconds`
+    models its CPU time as
     :math:`t_\text{exact} \approx` :data:`EXACT_SECONDS_1M` :math:`\cdot (nm/10^6)^{`
     :data:`EXACT_EXPONENT` :math:`}` and Sinkhorn's as
-    :math:`t_\text{sk} \approx` :data:`SINKHORN_NS_PER_ENTRY` :math:`\cdot 10^{-9}\, nm\,
-    k` with :math:`k` = :data:`SINKHORN_ITERS` (cold) or :data:`SINKHORN_ITERS_WARM`
-    iterations. ``auto`` (:func:`choose_solver`) is exact when the problem fits the
+    :math:`t_\text{sk} \approx \kappa \cdot 10^{-9}\, nm\,
+    k` with :math:`\kappa` = :data:`SINKHORN_KERNEL_NS_PER_ENTRY` up to
+    :data:`KERNEL_MAX_ENTRIES` (kernel-domain iterations), :data:`SINKHORN_NS_PER_ENTRY`
+    beyond (log domain), and :math:`k` = :data:`SINKHORN_ITERS` (cold) or
+    :data:`SINKHORN_ITERS_WARM` iterations. ``auto`` (:func:`choose_solver`) is exact when the problem fits the
     exact solver's memory (:math:`nm \le` :data:`MAX_EXACT_ENTRIES`, about
     :data:`EXACT_BYTES_PER_ENTRY` bytes an entry: the float64 cost matrix, its
     temporaries and the network simplex) and its predicted time is at most
@@ -122,6 +125,10 @@ EXACT_EXPONENT = 1.11
 #: ``f``), nanoseconds of CPU in float32 (1.5–1.7 ns of wall time with two threads on an
 #: otherwise idle 2-core machine, 3 ns with one).
 SINKHORN_NS_PER_ENTRY = 3.0
+#: The same in the kernel domain (:func:`sinkhorn_log` up to :data:`KERNEL_MAX_ENTRIES`):
+#: 0.47 ns of wall time per entry and iteration at 5,000 × 5,000 on 2 threads, annealing,
+#: kernel builds and the final pass included (``benchmarks/bench_ot_solvers.py``, 2026-11-30).
+SINKHORN_KERNEL_NS_PER_ENTRY = 1.0
 #: Iterations of :func:`sinkhorn_log` at ``reg = 0.01`` from a cold start (annealing
 #: included; 40–120 measured from 0.6 to 25·10⁶ entries) and from a warm start (OTM's
 #: next round: median 52, as a new round changes the problem much).
@@ -159,7 +166,8 @@ def estimated_seconds(n: int, m: int, method: str, *, warm_start: bool = False) 
               t_\text{sinkhorn} = \kappa\, 10^{-9}\, nm\, k ,
 
     with :math:`t_{1M}` = :data:`EXACT_SECONDS_1M`, :math:`\alpha` =
-    :data:`EXACT_EXPONENT`, :math:`\kappa` = :data:`SINKHORN_NS_PER_ENTRY` and :math:`k`
+    :data:`EXACT_EXPONENT`, :math:`\kappa` = :data:`SINKHORN_KERNEL_NS_PER_ENTRY` up to
+    :data:`KERNEL_MAX_ENTRIES` entries (:data:`SINKHORN_NS_PER_ENTRY` beyond) and :math:`k`
     = :data:`SINKHORN_ITERS` (:data:`SINKHORN_ITERS_WARM` for a warm start). A model for
     choosing between solvers, not a promise: inputs and machine load move both by
     factors.
@@ -177,7 +185,8 @@ def estimated_seconds(n: int, m: int, method: str, *, warm_start: bool = False) 
         return EXACT_SECONDS_1M * (entries / 1e6) ** EXACT_EXPONENT
     if method == "sinkhorn":
         iters = SINKHORN_ITERS_WARM if warm_start else SINKHORN_ITERS
-        return SINKHORN_NS_PER_ENTRY * 1e-9 * entries * iters
+        per_entry = SINKHORN_KERNEL_NS_PER_ENTRY if entries <= KERNEL_MAX_ENTRIES else SINKHORN_NS_PER_ENTRY
+        return per_entry * 1e-9 * entries * iters
     raise TarotInputError(f"no cost model for OT method {method!r}; choose exact or sinkhorn")
 
 
