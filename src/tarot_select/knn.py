@@ -195,8 +195,7 @@ class TopK:
     def add(self, block: np.ndarray, start: int) -> None:
         """Merge candidates ``start .. start + len(block)`` (rows of ``block``, shape (b, d))."""
         x = np.asarray(block, dtype=np.float32)
-        m, k = self.y.shape[0], self.k
-        rows_all = np.repeat(np.arange(m), k)
+        k = self.k
         for s0 in range(0, x.shape[0], self.block_rows):
             xb = x[s0 : s0 + self.block_rows]
             scores = self.y2 @ xb.T  # (m, b), the same values as 2 (Y X_b^T)
@@ -208,14 +207,18 @@ class TopK:
                 cut = np.maximum(cut, np.nextafter(own, np.float32(-np.inf)))
             rows, cols = _above(scores, cut)
             if rows.size:
-                self.best_s, self.best_i, _ = _merge_rows(
-                    np.concatenate((rows_all, rows)),
-                    np.concatenate((self.best_s.ravel(), scores[rows, cols])),
-                    np.concatenate((self.best_i.ravel(), cols + (start + s0))),
+                # only the targets that got a new entry are re-ranked (rows are independent)
+                touched = np.unique(rows)
+                t = len(touched)
+                best_s, best_i, _ = _merge_rows(
+                    np.concatenate((np.repeat(np.arange(t), k), np.searchsorted(touched, rows))),
+                    np.concatenate((self.best_s[touched].ravel(), scores[rows, cols])),
+                    np.concatenate((self.best_i[touched].ravel(), cols + (start + s0))),
                     None,
-                    m,
+                    t,
                     k,
                 )
+                self.best_s[touched], self.best_i[touched] = best_s, best_i
             self.seen += xb.shape[0]
 
     def result(self) -> Neighbors:
