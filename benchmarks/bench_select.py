@@ -26,7 +26,10 @@ whitening (+ the neighbour pass) and the selection.
   full sort per target, POT's dense Sinkhorn for the fill and ``ot.emd2`` for OTM's rounds.
 
 Every selection is then scored with one evaluator (the library's exact OT on the same
-whitened features), and its overlap with the library's selection is printed.
+whitened features), and its overlap with the library's selection is printed. For each library
+child, one line sets the three parts of its whitening pass (fit, transform + write, neighbour
+search) against their BLAS floors: flops over the GFLOP/s of the same products measured here
+right after the child (float64 Gram, float32 transform, float32 scores).
 
     python benchmarks/bench_select.py --reference-dir ~/src/TAROT --n 50000 --m 1000 --d 256 --folds 10
     python benchmarks/bench_select.py --reference-dir ~/src/TAROT --n 100000 --m 2000 --d 1024 --folds 10
