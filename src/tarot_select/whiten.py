@@ -321,7 +321,7 @@ class Whitener:
         if out is None:
             out = np.empty(x.shape, dtype=self.compute_dtype)
         for start in range(0, x.shape[0], block_rows):
-            z = np.array(x[start : start + block_rows], dtype=self.compute_dtype)
+            z = np.array(x[start : start + block_rows], dtype=self.compute_dtype, order="C")
             stop = start + z.shape[0]
             release_rows(x, start, stop)
             out[start:stop] = self.transform_block(z)
@@ -343,7 +343,7 @@ class Whitener:
         if z.dtype != self.compute_dtype or not z.flags.c_contiguous or z.ndim != 2 or z.shape[1] != self.dim_:
             raise TarotInputError(
                 f"transform_block needs a C-contiguous {self.compute_dtype} block of {self.dim_} columns, "
-                f"got {z.dtype} {z.shape}"
+                f"got {z.dtype} {z.shape}{'' if z.flags.c_contiguous else ' (not C-contiguous)'}"
             )
         if self.matrix_ is not None and self.mean_ is not None:
             w, mu = self._matrix_as(z.dtype)
@@ -462,7 +462,7 @@ def whiten_files(
     def combined(feats: FeatureSet, start: int = 0, stop: int | None = None) -> np.ndarray:
         rows = feats.array[start:stop]
         out = combine_checkpoints(rows, feats.checkpoint_dims, feats.checkpoint_weights, combine)
-        out = np.array(out, dtype=np.float32)  # a copy in memory, so that the file's pages can go
+        out = np.array(out, dtype=np.float32, order="C")  # a copy in memory, so that the file's pages can go
         release_rows(feats.array, start, start + rows.shape[0])
         return out
 

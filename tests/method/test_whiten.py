@@ -52,8 +52,10 @@ def test_a_block_is_whitened_as_the_formula_says(rng, dtype):
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
         assert np.abs(w.transform_block(np.array(x[:300], dtype=dtype)) - ref).max() < tol
         assert np.abs(w.transform(x[:300]) - ref).max() < tol  # transform goes through the same path
-    with pytest.raises(TarotInputError, match="C-contiguous"):
+    with pytest.raises(TarotInputError, match="not C-contiguous"):
         w.transform_block(np.asfortranarray(np.array(x[:300], dtype=dtype)))
+    # transform copies any layout into C-ordered blocks (a Fortran-ordered .npy, say)
+    assert np.abs(w.transform(np.asfortranarray(x[:300])) - w.transform(x[:300])).max() == 0
     refit = Whitener("cholesky", compute_dtype=dtype).fit(x * 3.0)
     refit.transform(x[:5] * 3.0)  # casts W and mu for this fit
     refit.fit(x)  # a refit must not reuse them
