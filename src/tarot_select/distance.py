@@ -475,9 +475,11 @@ def sinkhorn_log(
     with :math:`u = e^{(f-\hat f)/\varepsilon}`, :math:`v = e^{(g-\hat g)/\varepsilon}`:
     one matrix-vector product per update instead of an exponential of every entry. When
     :math:`f` or :math:`g` drifts more than :data:`ABSORB_AT` ε from the reference, the
-    kernel is rebuilt about the current potentials (absorption, Schmitzer 2019); a kernel
-    row or column that underflows falls back to the log domain. The iterates are the
-    log-domain ones up to rounding.
+    kernel is rebuilt about the current potentials (absorption, Schmitzer 2019); an update
+    that is still not finite after a rebuild (a kernel row or column underflowed) falls back
+    to the log domain. The annealing uses one kernel per ε value (built instead of the
+    log domain's two exponentiated passes). The iterates are the log-domain ones up to
+    rounding.
 
     Parameters
     ----------
@@ -562,75 +564,83 @@ def sinkhorn_log(
         return (-e * np.concatenate(_map_blocks(part, blocks))).astype(dt)
 
     a_dt, b_dt = np.asarray(a, dtype=dt), np.asarray(b, dtype=dt)
-    kern: dict[str, np.ndarray] = {}  # "K", "f", "g": the kernel and its reference potentials
-    absorb_at = ABSORB_AT.get(dt, 20.0) * eps
+    # the kernel ("K"), its reference potentials ("f", "g") and its regularisation ("e")
+    kern: dict[str, Any] = {}
+    kernel_on = [0 < n * m <= kernel_max_entries]  # off for good after an underflow or overflow
 
-    def absorb(f: np.ndarray, g: np.ndarray) -> bool:
-        """(Re)build the kernel about (f, g); False (and no kernel) if a row or column underflows."""
+    def absorb(f: np.ndarray, g: np.ndarray, e: float) -> None:
+        """(Re)build the kernel about (f, g) at e. A row or column that underflows to zeros
+        shows as a non-finite update (log 0), which :func:`step_g` / :func:`step_f` catch."""
         k = kern.get("K")
         if k is None:
             k = np.empty((n, m), dtype=dt)
-        col = (g / eps).astype(dt)[None, :]
-        row = (f / eps).astype(dt)[:, None]
+        col = (g / e).astype(dt)[None, :]
+        row = (f / e).astype(dt)[:, None]
 
-        def part(w: int, s: int, t: int) -> bool:
+        def part(w: int, s: int, t: int) -> None:
             z = k[s:t]
-            np.multiply(cost[s:t], -1.0 / eps, out=z)
+            np.multiply(cost[s:t], -1.0 / e, out=z)
             z += col
             z += row[s:t]
             np.exp(z, out=z)
-            return bool((z.max(axis=1) > 0).all())
 
-        rows_ok = all(_map_blocks(part, blocks))
-        if not rows_ok or not (k.max(axis=0) > 0).all():
-            kern.clear()
-            log.debug("sinkhorn: kernel underflows at eps=%.3g; iterating in the log domain", eps)
-            return False
-        kern.update(K=k, f=f.copy(), g=g.copy())
-        return True
+        with np.errstate(over="ignore"):
+            _map_blocks(part, blocks)
+        kern.update(K=k, f=f.copy(), g=g.copy(), e=e)
 
     def kernel_g(f: np.ndarray) -> np.ndarray:
-        u = np.exp((f - kern["f"]) / eps).astype(dt)
-        with np.errstate(divide="ignore"):
-            return (kern["g"] - eps * np.log(kern["K"].T @ (a_dt * u))).astype(dt)
+        e = kern["e"]
+        u = np.exp((f - kern["f"]) / e).astype(dt)
+        with np.errstate(divide="ignore", over="ignore"):
+            return (kern["g"] - e * np.log(kern["K"].T @ (a_dt * u))).astype(dt)
 
     def kernel_f(g: np.ndarray) -> np.ndarray:
-        v = np.exp((g - kern["g"]) / eps).astype(dt)
-        with np.errstate(divide="ignore"):
-            return (kern["f"] - eps * np.log(kern["K"] @ (b_dt * v))).astype(dt)
+        e = kern["e"]
+        v = np.exp((g - kern["g"]) / e).astype(dt)
+        with np.errstate(divide="ignore", over="ignore"):
+            return (kern["f"] - e * np.log(kern["K"] @ (b_dt * v))).astype(dt)
 
-    def drifted(f: np.ndarray, g: np.ndarray) -> bool:
-        return bool(np.abs(f - kern["f"]).max() > absorb_at or np.abs(g - kern["g"]).max() > absorb_at)
+    def usable(f: np.ndarray, g: np.ndarray, e: float) -> bool:
+        """A kernel at e whose reference is within ABSORB_AT of (f, g), rebuilt if needed."""
+        if not kernel_on[0]:
+            return False
+        if kern.get("e") == e:
+            bound = ABSORB_AT.get(dt, 20.0) * e
+            if np.abs(f - kern["f"]).max() <= bound and np.abs(g - kern["g"]).max() <= bound:
+                return True
+        absorb(f, g, e)
+        return True
 
-    def step_g(f: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """g's update at eps (kernel domain when a kernel is held)."""
-        if kern and drifted(f, g):
-            absorb(f, g)
-        if kern:
+    def give_up(e: float) -> None:
+        kernel_on[0] = False
+        kern.clear()
+        log.debug("sinkhorn: the kernel underflows or overflows at eps=%.3g; iterating in the log domain", e)
+
+    def step_g(f: np.ndarray, g: np.ndarray, e: float) -> np.ndarray:
+        """g's update at e: kernel domain when a kernel is usable, else (or if it overflows) log domain."""
+        for _ in range(2):  # the second try after a rebuild about the current potentials
+            if not usable(f, g, e):
+                break
             out = kernel_g(f)
             if np.isfinite(out).all():
                 return out
-            if absorb(f, g):  # rebuilt about the current potentials: once more
-                out = kernel_g(f)
-                if np.isfinite(out).all():
-                    return out
-            kern.clear()
-        return update_g(f, eps)
+            kern.pop("e", None)  # forces the rebuild
+        else:
+            give_up(e)  # non-finite twice: the log domain from here on
+        return update_g(f, e)
 
-    def step_f(g: np.ndarray, f: np.ndarray) -> np.ndarray:
-        """f's update at eps (kernel domain when a kernel is held)."""
-        if kern and drifted(f, g):
-            absorb(f, g)
-        if kern:
+    def step_f(g: np.ndarray, f: np.ndarray, e: float) -> np.ndarray:
+        """f's update at e, as :func:`step_g`."""
+        for _ in range(2):
+            if not usable(f, g, e):
+                break
             out = kernel_f(g)
             if np.isfinite(out).all():
                 return out
-            if absorb(f, g):
-                out = kernel_f(g)
-                if np.isfinite(out).all():
-                    return out
-            kern.clear()
-        return update_f(g, eps)
+            kern.pop("e", None)
+        else:
+            give_up(e)
+        return update_f(g, e)
 
     cmax = float(cost.max()) if cost.size else 0.0
     if g_init is not None:
@@ -645,24 +655,22 @@ def sinkhorn_log(
             e *= scaling
     f = update_f(g, schedule[0] if schedule else eps)
     n_iter = 0
-    for e in schedule:  # annealing: one iteration per value
-        g = update_g(f, e)
-        f = update_f(g, e)
+    for e in schedule:  # annealing: one iteration per value (one kernel per value)
+        g = step_g(f, g, e)
+        f = step_f(g, f, e)
         n_iter += 1
     tol_eff = max(tol, FLOAT32_TOL) if dt == np.float32 else tol
     b_arr = np.asarray(b, dtype=dt)
-    if 0 < n * m <= kernel_max_entries and n_iter < max_iter:
-        absorb(f, g)
     err, best, since = math.inf, math.inf, 0
     converged = False
     omega, errs, last_estimate = 1.0, [], 0
     relaxed_f = False  # the current f is a relaxed (not a plain) update
     while n_iter < max_iter:
-        g_new = step_g(f, g)
+        g_new = step_g(f, g, eps)
         err = float((b_arr * np.abs(np.expm1((g - g_new) / eps))).sum())
         if err <= tol_eff or not math.isfinite(err):
             g = g_new
-            f, relaxed_f = step_f(g, f), False
+            f, relaxed_f = step_f(g, f, eps), False
             n_iter += 1
             converged = err <= tol_eff
             break
@@ -683,14 +691,14 @@ def sinkhorn_log(
                 last_estimate = k
         if omega == 1.0:
             g = g_new
-            f, relaxed_f = step_f(g, f), False
+            f, relaxed_f = step_f(g, f, eps), False
         else:
             g = (g + omega * (g_new - g)).astype(dt)
-            f_new = step_f(g, f)
+            f_new = step_f(g, f, eps)
             f, relaxed_f = (f + omega * (f_new - f)).astype(dt), True
         n_iter += 1
     if relaxed_f:  # exact row sums for the returned plan
-        f = step_f(g, f)
+        f = step_f(g, f, eps)
     kern.clear()  # the kernel's memory goes before the plan's pass
     row = (log_a + f / eps).astype(dt)[:, None]
     col = (log_b + g / eps).astype(dt)[None, :]
