@@ -500,8 +500,7 @@ def whiten_files(
     meta = {"source": str(candidates), "whitening": w.metadata(), "combine": combine, "made_from": cand.meta}
     with open_row_writer(out_candidates, (n, dim), dtype=np.float32, meta=meta) as out:
         for start in tqdm(range(0, n, block_rows), desc="whiten", unit="block", disable=n < 500_000):
-            z = combined(cand, start, start + block_rows)  # a float32 copy this loop owns
-            z = z if method == "none" else w.transform_block(z)
+            z = w.transform_block(combined(cand, start, start + block_rows))  # a float32 copy this loop owns
             out.write(z)
             if top is not None:
                 t2 = time.perf_counter()

@@ -173,6 +173,33 @@ def test_file_whitening_equals_the_float64_fit_on_an_ill_conditioned_offset_spec
     assert np.allclose(np.linalg.norm(joint, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["none", "cholesky"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_file_whitening_equals_the_in_memory_whitener(tmp_path, rng, method, normalize):
+    # the streamed candidates must get the same map as the targets and as Whitener.transform,
+    # the "none" ablation included (unit rows unless normalize is off)
+    from tarot_select.io import save_features
+    from tarot_select.whiten import whiten_files
+
+    cand, targ = correlated(rng, n=900, d=6).astype(np.float32), correlated(rng, n=40, d=6).astype(np.float32)
+    save_features(tmp_path / "c.npy", cand)
+    save_features(tmp_path / "t.npy", targ)
+    whiten_files(
+        tmp_path / "c.npy",
+        tmp_path / "t.npy",
+        tmp_path / "wc.npy",
+        tmp_path / "wt.npy",
+        method=method,
+        normalize=normalize,
+        block_rows=256,
+    )
+    ref = Whitener(method, normalize=normalize).fit(cand, targ)
+    assert np.abs(np.load(tmp_path / "wc.npy") - ref.transform(cand)).max() < 1e-4
+    assert np.abs(np.load(tmp_path / "wt.npy") - ref.transform(targ)).max() < 1e-4
+    norms = np.linalg.norm(np.load(tmp_path / "wc.npy"), axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-5) == normalize
+
+
 def test_the_selection_path_does_not_import_torch(tmp_path):
     # whitening, neighbour search, OT and both OT selections run on numpy/scipy/POT only:
     # importing torch would cost about 500 MiB of resident memory
