@@ -616,31 +616,33 @@ def sinkhorn_log(
         kern.clear()
         log.debug("sinkhorn: the kernel underflows or overflows at eps=%.3g; iterating in the log domain", e)
 
-    def step_g(f: np.ndarray, g: np.ndarray, e: float) -> np.ndarray:
-        """g's update at e: kernel domain when a kernel is usable, else (or if it overflows) log domain."""
-        for _ in range(2):  # the second try after a rebuild about the current potentials
+    def step(
+        kernel_update: Callable[[np.ndarray], np.ndarray],
+        log_update: Callable[[np.ndarray, float], np.ndarray],
+        arg: np.ndarray,
+        f: np.ndarray,
+        g: np.ndarray,
+        e: float,
+    ) -> np.ndarray:
+        """One potential's update at e from ``arg``, the other one (the current pair is
+        (f, g)): kernel domain when a kernel is usable, else (or if it is not finite twice,
+        the second time after a rebuild about the current potentials) the log domain."""
+        for _ in range(2):
             if not usable(f, g, e):
                 break
-            out = kernel_g(f)
+            out = kernel_update(arg)
             if np.isfinite(out).all():
                 return out
             kern.pop("e", None)  # forces the rebuild
         else:
-            give_up(e)  # non-finite twice: the log domain from here on
-        return update_g(f, e)
+            give_up(e)  # the log domain from here on
+        return log_update(arg, e)
+
+    def step_g(f: np.ndarray, g: np.ndarray, e: float) -> np.ndarray:
+        return step(kernel_g, update_g, f, f, g, e)
 
     def step_f(g: np.ndarray, f: np.ndarray, e: float) -> np.ndarray:
-        """f's update at e, as :func:`step_g`."""
-        for _ in range(2):
-            if not usable(f, g, e):
-                break
-            out = kernel_f(g)
-            if np.isfinite(out).all():
-                return out
-            kern.pop("e", None)
-        else:
-            give_up(e)
-        return update_f(g, e)
+        return step(kernel_f, update_f, g, f, g, e)
 
     cmax = float(cost.max()) if cost.size else 0.0
     if g_init is not None:
