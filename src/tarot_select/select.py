@@ -298,6 +298,7 @@ def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
     chosen = np.zeros(n, dtype=bool)
     order: list[np.ndarray] = []
     rows: list[np.ndarray] = []  # features of the selection, read once per round's new points
+    exact = state.solver == "exact"
     cost = np.empty((0, held_out.shape[0]))  # exact rounds: the selection's cost rows (grown, never recomputed)
     size = 0
     trace: list[float] = []
@@ -312,7 +313,7 @@ def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
         chosen[new] = True
         order.append(new)
         rows.append(take_rows(candidates, new))
-        if state.solver == "exact":
+        if exact:
             cost = _grow_rows(cost, size, size + len(new))
             cost[size : size + len(new)] = pairwise_wfd(rows[-1], held_out)
         size += len(new)
@@ -321,7 +322,7 @@ def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
             held_out,
             method=state.solver,
             reg=state.reg,
-            cost=cost[:size] if state.solver == "exact" else None,
+            cost=cost[:size] if exact else None,
             g_init=g_prev,
             potentials_init=fg_prev,
         )
