@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 METHODS: tuple[str, ...] = ("tarot", "otm", "random", "dsdm", "less", "infdist")
 WEIGHTINGS: tuple[str, ...] = ("potential", "optimal")
 
+#: Largest selection × targets OT problem ``evaluate`` solves (2³⁰ entries, a 4 GiB float32
+#: cost matrix); the selection itself has no such bound.
+EVALUATE_MAX_ENTRIES = 1 << 30
+
 
 def select(
     method: str,
@@ -120,7 +124,9 @@ def select(
         (the workflow's whitening stage writes them); ``tarot``/``otm`` then skip their
         own search unless they need deeper ranks. Results do not change.
     evaluate : bool
-        Compute the OT distance of the selection to the target (whitened space).
+        Compute the OT distance of the selection to the target (whitened space); skipped,
+        with a warning and ``info["ot"]["skipped"]``, when the selection × targets problem
+        exceeds :data:`EVALUATE_MAX_ENTRIES` (pools of pretraining size).
     workers : int
         ``otm`` only: folds run on this many forked processes at once (same selection).
 
@@ -267,6 +273,14 @@ def select(
         timings["weight"] = time.perf_counter() - t0
 
     dist = None
+    skipped = None
+    if evaluate and sel.size * targ_w.shape[0] > EVALUATE_MAX_ENTRIES:
+        skipped = (
+            f"{sel.size} selected x {targ_w.shape[0]} targets is above the {EVALUATE_MAX_ENTRIES} entries "
+            "an evaluation solves (EVALUATE_MAX_ENTRIES)"
+        )
+        log.warning("OT distance not measured: %s", skipped)
+        evaluate = False
     if evaluate:
         t0 = time.perf_counter()
         evaluation = ot_distance(take_rows(cand_w, sel.indices), targ_w, method=ot_method, reg=reg)
@@ -274,6 +288,8 @@ def select(
         timings["evaluate"] = time.perf_counter() - t0
 
     info = dict(sel.info)
+    if skipped is not None:
+        info["ot"] = {"skipped": skipped}
     if evaluate:
         info["ot"] = evaluation.summary()  # the solver that measured ot_distance, and its error bound
     info["whitening"] = "precomputed" if wfd_features is not None else (whitener.metadata() if needs_wfd else None)

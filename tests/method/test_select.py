@@ -4,7 +4,7 @@ from conftest import unit_rows
 
 from tarot_select import TarotInputError, ot_distance, pairwise_wfd, select, select_fixed_size, select_otm
 from tarot_select.knn import nearest_neighbors
-from tarot_select.select import target_folds
+from tarot_select.select import _fill_problem, target_folds
 
 
 @pytest.mark.parametrize("budget", [1, 7, 40, 123, 400])
@@ -52,6 +52,58 @@ def test_fill_keeps_lowest_potentials_and_beats_the_opposite_ranking(method):
     d_random = np.mean([dist(rng.choice(new, need, replace=False)) for _ in range(20)])
     assert d_low < d_random < d_high
     assert d_low == pytest.approx(ot_distance(cand[sel.indices], targ, method="exact").value)
+
+
+def test_fill_sample_masses_keep_the_round_whole():
+    order, new = [np.arange(10, 1010), np.arange(2000, 2500)], np.arange(5000, 5200)
+    total = 1500 + 200
+    src, mass, sampled = _fill_problem(order, new, m=100, max_entries=total * 100)  # fits: not sampled
+    assert (
+        not sampled
+        and mass is None
+        and src.tolist() == list(range(10, 1010)) + list(range(2000, 2500)) + list(range(5000, 5200))
+    )
+    src, mass, sampled = _fill_problem(order, new, m=100, max_entries=(400 + 200) * 100)
+    assert sampled and len(src) == 600 and src[400:].tolist() == new.tolist()  # the round last, whole
+    chosen = np.concatenate(order)
+    assert np.isin(src[:400], chosen).all() and len(np.unique(src[:400])) == 400 and (np.diff(src[:400]) > 0).all()
+    # each sampled point carries |S| / sample points' mass; the round keeps 1 / |S u N| each
+    np.testing.assert_allclose(mass[:400], 1500 / (total * 400))
+    np.testing.assert_allclose(mass[400:], 1 / total)
+    assert mass.sum() == pytest.approx(1.0)
+    again, _, _ = _fill_problem(order, new, m=100, max_entries=(400 + 200) * 100)
+    assert again.tolist() == src.tolist()  # seeded
+    small, _, _ = _fill_problem(order, new, m=100, max_entries=10)  # never fewer than m selected points
+    assert len(small) == 100 + 200
+
+
+def test_sampled_fill_is_recorded_and_beats_a_random_fill():
+    # The setting of the test above with a larger pool: the fill cuts the sixth round. Forced to
+    # solve with a quarter of the selection, the fill still picks better than chance.
+    rng = np.random.default_rng(0)
+    eye = np.eye(8)
+    cand = unit_rows(rng.normal(size=(4000, 8)))
+    targ = unit_rows(np.concatenate([rng.normal(size=(60, 8)) + 2 * eye[0], rng.normal(size=(40, 8)) + 2 * eye[1]]))
+    nn = nearest_neighbors(cand, targ, 6).indices
+    full = np.unique(nn[:, :5])
+    new = np.setdiff1d(np.unique(nn[:, 5]), full)
+    need = len(new) // 2
+    whole = select_fixed_size(cand, targ, len(full) + need)
+    sampled = select_fixed_size(cand, targ, len(full) + need, fill_max_entries=(100 + len(new)) * len(targ))
+    assert "sampled" not in whole.info["fill"]
+    assert sampled.info["fill"]["sampled"] == {"selection": len(full), "kept": 100, "seed": 0}
+    assert sorted(sampled.indices[: len(full)].tolist()) == full.tolist() and sampled.size == len(full) + need
+
+    def dist(fill):
+        return ot_distance(cand[np.concatenate([full, fill])], targ, method="exact").value
+
+    def jaccard(a, b):
+        return len(set(a) & set(b)) / len(set(a) | set(b))
+
+    picks, best = sampled.indices[len(full) :], whole.indices[len(full) :]
+    randoms = [rng.choice(new, need, replace=False) for _ in range(20)]
+    assert dist(picks) < np.mean([dist(r) for r in randoms])
+    assert jaccard(picks, best) > np.mean([jaccard(r, best) for r in randoms])
 
 
 def _degenerate_fill_problem(q_first: bool):
@@ -270,3 +322,17 @@ def test_otm_exact_rounds_reuse_the_cost_rows_of_earlier_points(monkeypatch, rng
     monkeypatch.setattr(sel_mod, "ot_distance", checking)
     res = select_otm(x, y, n_folds=3, seed=2, ot_method="exact", patience=3)
     assert len(seen) == sum(len(f["trace"]) for f in res.info["folds"]) and max(seen) > 2 * min(seen)
+
+
+def test_evaluation_beyond_its_bound_is_skipped_not_attempted(rng, monkeypatch, caplog):
+    import tarot_select.api as api_module
+
+    x, y = rng.normal(size=(300, 6)), rng.normal(size=(20, 6))
+    measured = select("tarot", x, y, budget=30)
+    assert measured.ot_distance is not None and "solver" in measured.info["ot"]
+    monkeypatch.setattr(api_module, "EVALUATE_MAX_ENTRIES", 30 * 20 - 1)
+    with caplog.at_level("WARNING", logger="tarot_select.api"):
+        sel = select("tarot", x, y, budget=30)
+    assert sel.ot_distance is None and "30 selected x 20 targets" in sel.info["ot"]["skipped"]
+    assert "OT distance not measured" in caplog.text
+    assert sel.indices.tolist() == measured.indices.tolist()  # the selection itself is unchanged
