@@ -52,24 +52,29 @@ ROUND_CAP = 64  # neighbour ranks per target the straightforward OTM may visit
 
 
 def data_files(args: argparse.Namespace) -> tuple[str, str]:
-    """Write the benchmark's features to ``.npy`` files once (the pipeline's gather output)."""
-    tag = f"n{args.n}_m{args.m}_d{args.d}"
+    """Write the benchmark's features to ``.npy`` files once (the pipeline's gather output).
+
+    ``--dtype float16`` halves the files (the pipeline's gather step may store float16 too);
+    rows are written through a file handle, so generating 20 GB needs no more memory than a
+    chunk. The same seed gives the same values up to the final cast."""
+    tag = f"n{args.n}_m{args.m}_d{args.d}" + ("" if args.dtype == "float32" else f"_{args.dtype}")
     cand, targ = (os.path.join(args.data, f"{tag}_{k}.npy") for k in ("candidates", "targets"))
     if not (os.path.exists(cand) and os.path.exists(targ)):
         os.makedirs(args.data, exist_ok=True)
         rng = np.random.default_rng(0)
+        dtype = np.dtype(args.dtype)
         centres = 3.0 * rng.normal(size=(64, args.d)).astype(np.float32)
-        out = np.lib.format.open_memmap(cand + ".tmp", mode="w+", dtype=np.float32, shape=(args.n, args.d))
-        for start in range(0, args.n, 50_000):
-            rows = min(50_000, args.n - start)
-            out[start : start + rows] = centres[rng.integers(0, 64, rows)] + rng.standard_normal(
-                (rows, args.d), dtype=np.float32
+        with open(cand + ".tmp", "wb") as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (args.n, args.d)}
             )
-        out.flush()
-        del out
+            for start in range(0, args.n, 50_000):
+                rows = min(50_000, args.n - start)
+                block = centres[rng.integers(0, 64, rows)] + rng.standard_normal((rows, args.d), dtype=np.float32)
+                fh.write(block.astype(dtype, copy=False).tobytes())
         os.replace(cand + ".tmp", cand)
         t = centres[rng.integers(0, 8, args.m)] + rng.standard_normal((args.m, args.d), dtype=np.float32)
-        np.save(targ, t)
+        np.save(targ, t.astype(dtype, copy=False))
     return cand, targ
 
 
@@ -375,6 +380,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--m", type=int, default=2_000)
     p.add_argument("--d", type=int, default=1024)
     p.add_argument("--ratio", type=float, default=0.1)
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="of the generated features")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "select"))
     p.add_argument("--data", default=None, help="folder for the generated feature files (default: OUT/data)")
@@ -417,21 +423,30 @@ def main(argv: list[str]) -> int:
             if a == "library":  # BLAS rates right after the child, here (its peak memory stays its own)
                 results[-1]["kernel_rates"] = kernel_rates(args.d, args.m)
 
-    from tarot_select.distance import ot_distance
-    from tarot_select.io import load_features
-    from tarot_select.whiten import Whitener
-
-    x, t = (load_features(p).array for p in data_files(args))
-    w = Whitener("cholesky").fit(x, t)
-    xw, tw = w.transform(x), w.transform(t)
     sel = {
         (r["approach"], r["method"]): np.load(os.path.join(args.out, f"{r['approach']}_{r['method']}.npy"))
         for r in results
     }
+    # The evaluator whitens the whole pool in memory and solves OT between each selection and
+    # the targets: skipped where that would not fit (the 10 M case: 41 GB of whitened rows).
+    largest = max(len(idx) for idx in sel.values())
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    evaluate = 4 * args.n * args.d < ram / 2 and largest * args.m <= 1 << 30
+    if evaluate:
+        from tarot_select.distance import ot_distance
+        from tarot_select.io import load_features
+        from tarot_select.whiten import Whitener
+
+        x, t = (load_features(p).array for p in data_files(args))
+        w = Whitener("cholesky").fit(x, t)
+        xw, tw = w.transform(x), w.transform(t)
+    else:
+        print(f"not evaluated: whitening {args.n} x {args.d} rows in memory and OT of {largest} x {args.m} do not fit")
     for r in results:
         idx = sel[(r["approach"], r["method"])]
         r["size"] = len(idx)
-        r["ot"] = ot_distance(xw[idx], tw).value  # one exact evaluator for every selection
+        # one exact evaluator for every selection
+        r["ot"] = ot_distance(xw[idx], tw).value if evaluate else float("nan")
         ref = sel.get(("library", r["method"]))
         r["overlap"] = len(np.intersect1d(idx, ref)) / max(len(idx), len(ref), 1) if ref is not None else float("nan")
     print(
