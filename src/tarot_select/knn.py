@@ -140,6 +140,39 @@ def _merge_rows(
     return scores[take].reshape(m, k), index[take].reshape(m, k), more
 
 
+def _best_first_keys(row: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """uint64 keys ordering entries by row, then score descending: the row in the high 32
+    bits, the float32 score's bit pattern made order-preserving in the low 32 (exact: no
+    rounding, ``-0.0`` folded onto ``0.0``, ``-inf`` last)."""
+    bits = (scores + np.float32(0.0)).view(np.uint32)
+    ascending = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+    return (row.astype(np.uint64) << np.uint64(32)) | (np.uint32(0xFFFFFFFF) - ascending).astype(np.uint64)
+
+
+def _insert_rows(
+    best_s: np.ndarray, best_i: np.ndarray, rows: np.ndarray, scores: np.ndarray, index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lists ``best_s``/``best_i`` (t, k), each sorted best first, with the entries
+    (``rows``, ``scores``, ``index``) inserted, cut back to ``k`` per row.
+
+    The new entries must have larger indices than every listed one (a later block), so an
+    equal score goes after the listed entries and, among new ones, to the lower index: the
+    order of :func:`_merge_rows`. One sort of the new entries and a linear merge
+    (``searchsorted`` + ``np.insert``), instead of re-sorting the t·k listed entries.
+    """
+    t, k = best_s.shape
+    keys = _best_first_keys(rows, scores)
+    order = np.lexsort((index, keys))
+    keys, rows, scores, index = keys[order], rows[order], scores[order], index[order]
+    listed = _best_first_keys(np.repeat(np.arange(t), k), best_s.ravel())
+    at = np.searchsorted(listed, keys, side="right")  # after the listed entries of equal key
+    merged_s = np.insert(best_s.ravel(), at, scores)
+    merged_i = np.insert(best_i.ravel(), at, index)
+    before = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=t))[:-1]))
+    take = (np.arange(t) * k + before)[:, None] + np.arange(k)[None, :]
+    return merged_s[take], merged_i[take]
+
+
 def _above(scores: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of the entries of ``scores`` (m, b) above their row's ``cut``.
 
@@ -208,17 +241,10 @@ class TopK:
             rows, cols = _above(scores, cut)
             if rows.size:
                 # only the targets that got a new entry are re-ranked (rows are independent)
-                touched = np.unique(rows)
-                t = len(touched)
-                best_s, best_i, _ = _merge_rows(
-                    np.concatenate((np.repeat(np.arange(t), k), np.searchsorted(touched, rows))),
-                    np.concatenate((self.best_s[touched].ravel(), scores[rows, cols])),
-                    np.concatenate((self.best_i[touched].ravel(), cols + (start + s0))),
-                    None,
-                    t,
-                    k,
+                touched, local = np.unique(rows, return_inverse=True)
+                self.best_s[touched], self.best_i[touched] = _insert_rows(
+                    self.best_s[touched], self.best_i[touched], local, scores[rows, cols], cols + (start + s0)
                 )
-                self.best_s[touched], self.best_i[touched] = best_s, best_i
             self.seen += xb.shape[0]
 
     def result(self) -> Neighbors:

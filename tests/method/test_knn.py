@@ -94,3 +94,35 @@ def test_topk_equals_a_float64_brute_force_whatever_the_block_size(rng):
     expected = np.argsort(dist, axis=1, kind="stable")[:, :20]
     for block in (1, 7, 256, 5000):
         np.testing.assert_array_equal(nearest_neighbors(x, y, k=20, block_rows=block).indices, expected)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_insertion_merge_equals_a_full_sort(seed):
+    # Lists sorted best first (some not full: -inf), new entries of later indices with scores
+    # drawn from few values (ties with listed and with each other), -0.0 among them.
+    from tarot_select.knn import _insert_rows, _merge_rows
+
+    rng = np.random.default_rng(seed)
+    t, k = 40, 7
+    values = np.array([-np.inf, -1.5, -0.0, 0.0, 0.25, 0.25000003, 1.0], dtype=np.float32)
+    listed_s = rng.choice(values[1:], size=(t, k))
+    listed_s[rng.random((t, k)) < 0.2] = -np.inf
+    listed_i = rng.integers(0, 1000, size=(t, k))
+    order = np.lexsort((listed_i, -listed_s), axis=1)  # best first, ties to the lower index
+    listed_s, listed_i = np.take_along_axis(listed_s, order, 1), np.take_along_axis(listed_i, order, 1)
+    new = 120
+    rows = rng.integers(0, t, new)
+    rows[:t] = np.arange(t)  # every row touched
+    scores = rng.choice(values[1:], size=new)
+    index = 1000 + rng.permutation(new)  # later candidates, in any order
+    got_s, got_i = _insert_rows(listed_s.copy(), listed_i.copy(), rows, scores, index)
+    want_s, want_i, _ = _merge_rows(
+        np.concatenate((np.repeat(np.arange(t), k), rows)),
+        np.concatenate((listed_s.ravel(), scores)),
+        np.concatenate((listed_i.ravel(), index)),
+        None,
+        t,
+        k,
+    )
+    assert np.array_equal(got_i, want_i)
+    assert np.array_equal(got_s, want_s)
