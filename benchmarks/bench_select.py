@@ -34,7 +34,9 @@ right after the child (float64 Gram, float32 transform, float32 scores).
     python benchmarks/bench_select.py --reference-dir ~/src/TAROT --n 50000 --m 1000 --d 256 --folds 10
     python benchmarks/bench_select.py --reference-dir ~/src/TAROT --n 100000 --m 2000 --d 1024 --folds 10
     python benchmarks/bench_select.py --quick                     # 10 k x 500 x 128, library only
-    python benchmarks/bench_select.py --n 1000000 --m 10000 --only library   # the scale target
+    python benchmarks/bench_select.py --n 1000000 --m 10000 --only library   # 1 M
+    python benchmarks/bench_select.py --n 10000000 --m 10000 --dtype float16 --only library --methods fixed
+                                                       # 10 M: 20 GB of features, 62 GB of disk, ~27 min
 """
 
 from __future__ import annotations
