@@ -224,10 +224,13 @@ def select(
         cand_w, targ_w = whitener.fit_transform(candidates, targets)
         timings["whiten"] = time.perf_counter() - t0
 
+    # precomputed WFD features were scanned for NaN/Inf above; whitened ones are scanned again
+    # (a float32 whitening can overflow), once, by the selection
+    recheck = wfd_features is None
     t0 = time.perf_counter()
     if method == "tarot":
         sel = select_fixed_size(
-            cand_w, targ_w, budget, ot_method=ot_method, reg=reg, progress=progress, neighbors=neighbors
+            cand_w, targ_w, budget, ot_method=ot_method, reg=reg, progress=progress, neighbors=neighbors, check=recheck
         )
     elif method == "otm":
         sel = select_otm(
@@ -241,6 +244,7 @@ def select(
             progress=progress,
             neighbors=neighbors,
             workers=workers,
+            check=recheck,
         )
     elif method == "random":
         sel = random_selection(n, budget, seed=seed)

@@ -336,3 +336,27 @@ def test_evaluation_beyond_its_bound_is_skipped_not_attempted(rng, monkeypatch, 
     assert sel.ot_distance is None and "30 selected x 20 targets" in sel.info["ot"]["skipped"]
     assert "OT distance not measured" in caplog.text
     assert sel.indices.tolist() == measured.indices.tolist()  # the selection itself is unchanged
+
+
+@pytest.mark.parametrize("method", ["tarot", "otm"])
+def test_precomputed_wfd_features_are_scanned_once(rng, monkeypatch, method):
+    # a NaN/Inf scan reads the whole pool (12 s for a 41 GB memory map): api.select scans the
+    # WFD features it is given, and the selection does not scan them again
+    import tarot_select._validate as validate
+
+    x, y = unit_rows(rng.normal(size=(300, 6))), unit_rows(rng.normal(size=(20, 6)))
+    scanned = []
+    real = validate.check_features
+
+    def counting(arr, name):
+        scanned.append(id(arr))
+        return real(arr, name)
+
+    monkeypatch.setattr(validate, "check_features", counting)
+    kwargs = {"budget": 30} if method == "tarot" else {"n_folds": 4}
+    select(method, x, y, wfd_features=(x, y), evaluate=False, **kwargs)
+    assert scanned.count(id(x)) == 1 and scanned.count(id(y)) == 1
+    bad = x.copy()
+    bad[7, 2] = np.nan
+    with pytest.raises(TarotInputError, match="row 7 holds NaN"):
+        select(method, x, y, wfd_features=(bad, y), evaluate=False, **kwargs)
