@@ -24,18 +24,24 @@ def test_fixed_size_first_rounds_are_nearest_neighbours(rng):
     assert sel.info["full_rounds"] >= 1
 
 
-@pytest.mark.parametrize("method", ["exact", "sinkhorn"])
-def test_fill_keeps_lowest_potentials_and_beats_the_opposite_ranking(method):
-    # A two-mode target over a pool spread on the sphere; the budget is cut in the third
-    # round, so the fill step decides half of that round.
+def _two_mode_fill_problem(pool: int, cut_rank: int):
+    """A two-mode target over a pool spread on the sphere, and a budget that cuts round
+    ``cut_rank`` in half: returns (rng, cand, targ, full rounds' union, the cut round's new
+    points, how many of them the fill keeps)."""
     rng = np.random.default_rng(0)
     eye = np.eye(8)
-    cand = unit_rows(rng.normal(size=(2000, 8)))
+    cand = unit_rows(rng.normal(size=(pool, 8)))
     targ = unit_rows(np.concatenate([rng.normal(size=(60, 8)) + 2 * eye[0], rng.normal(size=(40, 8)) + 2 * eye[1]]))
-    nn = nearest_neighbors(cand, targ, 3).indices
-    full = np.unique(nn[:, :2])
-    new = np.setdiff1d(np.unique(nn[:, 2]), full)
-    need = len(new) // 2
+    nn = nearest_neighbors(cand, targ, cut_rank + 1).indices
+    full = np.unique(nn[:, :cut_rank])
+    new = np.setdiff1d(np.unique(nn[:, cut_rank]), full)
+    return rng, cand, targ, full, new, len(new) // 2
+
+
+@pytest.mark.parametrize("method", ["exact", "sinkhorn"])
+def test_fill_keeps_lowest_potentials_and_beats_the_opposite_ranking(method):
+    # The budget is cut in the third round, so the fill step decides half of that round.
+    rng, cand, targ, full, new, need = _two_mode_fill_problem(2000, cut_rank=2)
     sel = select_fixed_size(cand, targ, len(full) + need, ot_method=method)
     assert sel.info["full_rounds"] == 2 and sel.info["fill"]["kept"] == need
     assert sel.info["fill"]["solver"] == method and sel.info["fill"]["ot"]["solver"] == method
@@ -80,14 +86,7 @@ def test_fill_sample_masses_keep_the_round_whole():
 def test_sampled_fill_is_recorded_and_beats_a_random_fill():
     # The setting of the test above with a larger pool: the fill cuts the sixth round. Forced to
     # solve with a quarter of the selection, the fill still picks better than chance.
-    rng = np.random.default_rng(0)
-    eye = np.eye(8)
-    cand = unit_rows(rng.normal(size=(4000, 8)))
-    targ = unit_rows(np.concatenate([rng.normal(size=(60, 8)) + 2 * eye[0], rng.normal(size=(40, 8)) + 2 * eye[1]]))
-    nn = nearest_neighbors(cand, targ, 6).indices
-    full = np.unique(nn[:, :5])
-    new = np.setdiff1d(np.unique(nn[:, 5]), full)
-    need = len(new) // 2
+    rng, cand, targ, full, new, need = _two_mode_fill_problem(4000, cut_rank=5)
     whole = select_fixed_size(cand, targ, len(full) + need)
     sampled = select_fixed_size(cand, targ, len(full) + need, fill_max_entries=(100 + len(new)) * len(targ))
     assert "sampled" not in whole.info["fill"]
