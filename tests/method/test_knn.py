@@ -126,3 +126,14 @@ def test_insertion_merge_equals_a_full_sort(seed):
     )
     assert np.array_equal(got_i, want_i)
     assert np.array_equal(got_s, want_s)
+
+
+def test_kth_best_in_row_slices_equals_one_partition(rng):
+    """The cut of a not-yet-full list is the block's own k-th best score, found slice by
+    slice (CUT_ROWS rows at a time, so the copy stays small): the same as one partition."""
+    from tarot_select.knn import CUT_ROWS, _kth_best
+
+    scores = rng.normal(size=(3 * CUT_ROWS + 5, 40)).astype(np.float32)
+    scores[:, 7] = scores[:, 8]  # ties
+    for k in (1, 2, 17, 40):
+        np.testing.assert_array_equal(_kth_best(scores, k), np.sort(scores, axis=1)[:, -k])
