@@ -262,6 +262,29 @@ def test_otm_folds_on_forked_workers_give_the_same_selection(rng):
     assert one.ot_trace == two.ot_trace and len(one.info["folds"]) == 5
 
 
+def test_otm_fold_workers_split_the_blas_threads(monkeypatch):
+    """Forked fold workers run BLAS on the parent's threads over ``workers``: uncapped, each
+    worker's idle BLAS threads spin after its products and slow the other workers down."""
+    import importlib
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    sel = importlib.import_module("tarot_select.select")
+
+    def blas_threads_in_worker(state, fold):
+        return fold, {"threads": max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")}
+
+    if not any(p["user_api"] == "blas" for p in threadpool_info()):
+        pytest.skip("no BLAS pool that threadpoolctl can see")
+    monkeypatch.setattr(sel, "_otm_fold", blas_threads_in_worker)
+    folds = [np.arange(i, i + 1) for i in range(4)]
+    with threadpool_limits(limits=4, user_api="blas"):
+        results = sel._otm_folds_in_processes(object(), folds, workers=2)
+        parent = max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+    assert [info["threads"] for _, info in results] == [2, 2, 2, 2]
+    assert parent == 4  # the parent's pools are left as they were
+
+
 def test_otm_exact_rounds_are_warm_started_and_give_the_same_selection(monkeypatch):
     """Each exact round starts the network simplex from the previous round's potentials
     (POT >= 0.9.7): the same optimum, so the same traces and selection as cold starts."""
