@@ -72,6 +72,18 @@ Error bound of a Sinkhorn value (:attr:`OTResult.bias_bound`)
     mutual information is at most :math:`\min(H(a), H(b))`); the certificate is computed
     from the run and is usually several times tighter. An exact solve that reached
     optimality has ``bias_bound = 0``.
+
+Warm-started exact problems on a few arcs
+    OTM's rounds solve a problem close to the previous one, whose potentials
+    (``potentials_init``) show where the new plan lives: the pairs of small reduced cost
+    :math:`C_{ij} - f_i - g_j`. From :data:`ARCS_MIN_ENTRIES` entries on (uniform masses,
+    POT >= 0.9.7), the network simplex runs on about :data:`ARCS_PER_ROW` such arcs a point
+    plus a feasible staircase, and its duals are checked on every pair; violated pairs are
+    added until none is left (:func:`_emd_on_arcs`). The certificate is LP duality, so the
+    value is the exact optimum, not an approximation: the same trace as the dense solver to
+    rounding (tested), in about 0.6 of the dense warm-started solve's time on OTM's rounds,
+    and with about 10 B an entry of temporaries (the reduced costs, the arc mask) instead of
+    the dense network simplex's 60.
 """
 
 from __future__ import annotations
@@ -157,6 +169,15 @@ STALL_ITERS = 50
 OMEGA_MAX = 1.9
 #: Iterations between two estimates of the convergence rate (over-relaxation).
 OMEGA_WINDOW = 10
+#: Smallest warm-started exact problem (entries) solved on a sparse set of arcs
+#: (:func:`_emd_on_arcs`); smaller ones go to the dense network simplex.
+ARCS_MIN_ENTRIES = 1 << 16
+#: Arcs per source point in the first sparse problem (those of smallest reduced cost).
+ARCS_PER_ROW = 8
+#: Fewest arcs of any source or target point in a sparse problem (its smallest reduced costs).
+ARCS_MIN = 4
+#: Sparse solves before :func:`_emd_on_arcs` gives up and the dense solver runs.
+ARCS_MAX_SOLVES = 8
 
 
 def estimated_seconds(n: int, m: int, method: str, *, warm_start: bool = False) -> float:
@@ -347,6 +368,102 @@ def _warm_start_potentials(c: np.ndarray, init: tuple[np.ndarray, np.ndarray]) -
         )
     f_new = (c[len(f_old) :] - g[None, :]).min(axis=1) if len(f_old) < n else np.empty(0)
     return np.concatenate([f_old, f_new]), g
+
+
+def _emd_arcs_supported(ot: Any) -> bool:
+    """Whether this POT's ``emd2`` solves on a sparse cost matrix (POT >= 0.9.7)."""
+    try:
+        version = tuple(int(p) for p in str(ot.__version__).split(".")[:3] if p.isdigit())
+    except AttributeError:  # pragma: no cover - POT always has a version
+        return False
+    return version >= (0, 9, 7)
+
+
+def _staircase_arcs(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Arcs of the north-west-corner plan between ``n`` and ``m`` uniform masses.
+
+    In units of :math:`1/(nm)`, source :math:`i` covers :math:`[im, (i+1)m)` and target
+    :math:`j` covers :math:`[jn, (j+1)n)`; the plan moves each overlap, so these at most
+    :math:`n + m - 1` arcs carry a feasible plan (integer arithmetic: exact).
+    """
+    cuts = np.union1d(np.arange(1, n, dtype=np.int64) * m, np.arange(1, m, dtype=np.int64) * n)
+    starts = np.concatenate([np.zeros(1, dtype=np.int64), cuts])
+    return starts // m, starts // n
+
+
+def _emd_on_arcs(
+    ot: Any, c: np.ndarray, f0: np.ndarray, g0: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray, int] | None:
+    r"""Exact OT between uniform masses on a sparse set of arcs, certified on all of them.
+
+    Column generation: the network simplex (POT's sparse ``emd2``) solves the transport
+    problem restricted to a set :math:`E` of arcs, and its duals :math:`(u, v)` are checked
+    on every pair. If :math:`C_{ij} - u_i - v_j \ge -\tau` for all :math:`(i, j)` (:math:`\tau`
+    = 10⁻¹¹ · (1 + max C)), :math:`(u, v)` is dual feasible for the whole problem and the
+    restricted plan primal feasible with the same objective, so by LP duality it is optimal:
+    the value is the dense solver's optimum (to rounding). Otherwise the violated pairs
+    join :math:`E` and the problem is solved again.
+
+    :math:`E` starts with the north-west-corner arcs (:func:`_staircase_arcs`: the restricted
+    problem is always feasible) and the pairs of smallest reduced cost under the warm-start
+    potentials :math:`(f_0, g_0)`, about :data:`ARCS_PER_ROW` per source point (a threshold on
+    a strided sample's quantile): where a nearby problem's optimal plan lived. On OTM's rounds
+    (100–2,000 × 900 points, 1 % of the arcs) 1.7 restricted solves a round on average, the
+    first one often already optimal.
+
+    Returns ``(value, u, v, solves)``, or None when :data:`ARCS_MAX_SOLVES` restricted solves
+    did not reach a certificate or the solver failed (the caller then solves densely).
+    """
+    n, m = c.shape
+    a = np.full(n, 1.0 / n)
+    b = np.full(m, 1.0 / m)
+    tol = 1e-11 * (1.0 + float(np.abs(c).max()))
+    red = np.subtract(c, f0[:, None])
+    red -= g0[None, :]
+    step = max(1, red.size // 65536)
+    q = min(len(red.ravel()[::step]) - 1, int(len(red.ravel()[::step]) * ARCS_PER_ROW / m))
+
+    def smallest(red: np.ndarray) -> np.ndarray:
+        # about ARCS_PER_ROW arcs a row, and at least ARCS_MIN in every row and column
+        sample = red.ravel()[::step]
+        arcs = red <= np.partition(sample, q)[q]
+        for axis, size in ((1, m), (0, n)):
+            k = min(ARCS_MIN, size - 1)
+            few = np.flatnonzero(arcs.sum(axis) < k)
+            if k > 0 and len(few):
+                if axis == 1:
+                    arcs[few[:, None], np.argpartition(red[few], k, axis=1)[:, :k]] = True
+                else:
+                    arcs[np.argpartition(red[:, few].T, k, axis=1)[:, :k], few[:, None]] = True
+        return arcs
+
+    arcs = smallest(red)
+    rows, cols = _staircase_arcs(n, m)
+    arcs[rows, cols] = True
+    for solves in range(1, ARCS_MAX_SOLVES + 1):
+        i, j = np.nonzero(arcs)
+        sparse = _coo(c[i, j], i, j, (n, m))
+        value, logd = ot.emd2(a, b, sparse, log=True, numItermax=max(100_000, 50 * len(i)))
+        if int(logd.get("result_code", 0)) != 1:
+            log.debug("sparse network simplex stopped (%s); solving densely", logd.get("warning"))
+            return None
+        u, v = np.asarray(logd["u"], dtype=np.float64), np.asarray(logd["v"], dtype=np.float64)
+        np.subtract(c, u[:, None], out=red)
+        red -= v[None, :]
+        violated = red < -tol
+        violated &= ~arcs
+        if not violated.any():
+            return float(value), u, v, solves
+        arcs |= violated
+        arcs |= smallest(red)
+    log.debug("no certificate after %d sparse solves; solving densely", ARCS_MAX_SOLVES)
+    return None
+
+
+def _coo(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> Any:
+    from scipy.sparse import coo_matrix
+
+    return coo_matrix((values, (rows, cols)), shape=shape)
 
 
 def cost_matrix(x: np.ndarray, y: np.ndarray, dtype: Any = np.float32, block_rows: int = 8192) -> np.ndarray:
@@ -886,6 +1003,17 @@ def ot_distance(
         ot = _import_pot()
 
         c = pairwise_wfd(source, target) if cost is None else np.asarray(cost, dtype=np.float64)
+        if (
+            potentials_init is not None
+            and a is None
+            and b is None
+            and n * m >= ARCS_MIN_ENTRIES
+            and _emd_arcs_supported(ot)
+        ):
+            on_arcs = _emd_on_arcs(ot, c, *_warm_start_potentials(c, potentials_init))
+            if on_arcs is not None:
+                value_, u, v, _ = on_arcs
+                return OTResult(value_, "exact", u, v, 0.0, True, 0.0, value_, requested)
         warm: dict[str, Any] = {}
         if potentials_init is not None and _emd_warm_start_supported(ot):
             warm["potentials_init"] = _warm_start_potentials(c, potentials_init)

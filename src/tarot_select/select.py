@@ -342,9 +342,11 @@ def _otm_fold(state: _OtmState, fold: np.ndarray) -> tuple[np.ndarray, dict]:
     Exact rounds compute only the new points' cost rows (the selection only grows; the
     rows live in one buffer grown geometrically).
     Each round's OT starts from the previous round's potentials: Sinkhorn from its target
-    potentials, the exact solver (POT >= 0.9.7) from both (the new rows at the c-transform).
-    An exact round's value is the same optimum either way; the warm start halves the network
-    simplex's time on the benchmark's 50 k pool.
+    potentials, the exact solver (POT >= 0.9.7) from both (the new rows at the c-transform),
+    which also pick the few arcs it solves on before certifying the optimum on every pair
+    (:mod:`tarot_select.distance`). An exact round's value is the same optimum either way;
+    on the benchmark's 50 k pool the dense warm start halved the network simplex's time, and
+    the sparse arcs took it from 15.4 s to 10.8 s on one process.
 
     Returns the kept candidates (the selection at the minimum) and the fold's record.
     """

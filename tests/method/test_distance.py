@@ -64,6 +64,74 @@ def test_exact_warm_start_from_a_smaller_problem_reaches_the_same_optimum(seed):
         ot_distance(x[:50], y, method="exact", potentials_init=init)  # f longer than the source
 
 
+def test_staircase_arcs_carry_the_north_west_corner_plan():
+    """The arcs that make every sparse problem feasible: the overlaps of the sources' and the
+    targets' mass intervals (units of 1/(nm)) carry a plan with exactly the uniform marginals."""
+    from tarot_select.distance import _staircase_arcs
+
+    for n, m in [(1, 1), (1, 5), (5, 1), (3, 3), (4, 6), (7, 5), (12, 18), (900, 1873)]:
+        i, j = _staircase_arcs(n, m)
+        flow = np.minimum((i + 1) * m, (j + 1) * n) - np.maximum(i * m, j * n)
+        assert (flow > 0).all() and len(i) <= n + m - 1
+        assert len(set(zip(i.tolist(), j.tolist()))) == len(i)
+        np.testing.assert_array_equal(np.bincount(i, flow, minlength=n), np.full(n, m))
+        np.testing.assert_array_equal(np.bincount(j, flow, minlength=m), np.full(m, n))
+
+
+def _clustered_pair(seed: int, n: int = 500, m: int = 200):
+    r = np.random.default_rng(seed)
+    centres = r.normal(size=(6, 16)) * 1.5
+    x = unit_rows(centres[r.integers(0, 6, n)] + r.normal(size=(n, 16)))
+    y = unit_rows(centres[r.integers(0, 3, m)] + r.normal(size=(m, 16)))
+    return x, y
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("arcs_per_row", [8, 1])
+def test_warm_exact_rounds_on_sparse_arcs_reach_the_dense_optimum(seed, arcs_per_row, monkeypatch):
+    """A warm-started exact problem of at least ARCS_MIN_ENTRIES is solved on a few arcs
+    (column generation) and certified on every pair: POT's dense optimum, duals feasible on
+    every pair, no duality gap. With one arc a row the first restricted problem misses the
+    optimal support and violated pairs are added until the certificate holds."""
+    import tarot_select.distance as dist
+
+    monkeypatch.setattr(dist, "ARCS_PER_ROW", arcs_per_row)
+    monkeypatch.setattr(dist, "ARCS_MIN", 1 if arcs_per_row == 1 else dist.ARCS_MIN)
+    runs = []
+    on_arcs = dist._emd_on_arcs
+    monkeypatch.setattr(dist, "_emd_on_arcs", lambda *a: runs.append(on_arcs(*a)) or runs[-1])
+    x, y = _clustered_pair(seed)
+    assert len(x) * len(y) >= dist.ARCS_MIN_ENTRIES
+    first = ot_distance(x[:430], y, method="exact")
+    res = ot_distance(x, y, method="exact", potentials_init=(first.potential_source, first.potential_target))
+    assert len(runs) == 1 and runs[0] is not None  # the sparse path ran and certified its solution
+    if arcs_per_row == 1:
+        assert runs[0][3] > 1  # more than one restricted solve
+    cost = pairwise_wfd(x, y)
+    assert res.value == pytest.approx(ot.emd2(np.full(500, 1 / 500), np.full(200, 1 / 200), cost), rel=1e-12)
+    f, g = res.potential_source, res.potential_target
+    assert (f[:, None] + g[None, :] <= cost + 1e-10).all()
+    assert res.value == pytest.approx(f.mean() + g.mean(), rel=1e-12)
+    assert res.converged and res.bias_bound == 0.0
+
+
+def test_sparse_arcs_fall_back_to_the_dense_solver_without_a_certificate(monkeypatch):
+    import tarot_select.distance as dist
+
+    monkeypatch.setattr(dist, "ARCS_PER_ROW", 1)
+    monkeypatch.setattr(dist, "ARCS_MIN", 1)
+    monkeypatch.setattr(dist, "ARCS_MAX_SOLVES", 1)
+    runs = []
+    on_arcs = dist._emd_on_arcs
+    monkeypatch.setattr(dist, "_emd_on_arcs", lambda *a: runs.append(on_arcs(*a)) or runs[-1])
+    x, y = _clustered_pair(0)
+    first = ot_distance(x[:430], y, method="exact")
+    res = ot_distance(x, y, method="exact", potentials_init=(first.potential_source, first.potential_target))
+    assert runs == [None]  # one restricted solve, no certificate: the dense solver answered
+    cost = pairwise_wfd(x, y)
+    assert res.value == pytest.approx(ot.emd2(np.full(500, 1 / 500), np.full(200, 1 / 200), cost), rel=1e-12)
+
+
 def test_sinkhorn_approaches_exact(rng):
     x, y = unit_rows(rng.normal(size=(300, 16))), unit_rows(rng.normal(size=(200, 16)) + 0.3)
     exact = ot_distance(x, y, method="exact").value

@@ -262,6 +262,28 @@ def test_otm_folds_on_forked_workers_give_the_same_selection(rng):
     assert one.ot_trace == two.ot_trace and len(one.info["folds"]) == 5
 
 
+def test_otm_exact_rounds_on_sparse_arcs_give_the_dense_rounds_selection(monkeypatch):
+    """OTM's warm-started exact rounds solved on sparse arcs (certified optimal) give the same
+    traces (to rounding) and the same selection as the dense network simplex."""
+    import tarot_select.distance as dist
+
+    r = np.random.default_rng(5)
+    x = unit_rows(r.normal(size=(900, 8)) + np.repeat(r.normal(size=(6, 8)) * 2, 150, axis=0))
+    y = unit_rows(r.normal(size=(300, 8)) + np.repeat(r.normal(size=(2, 8)) * 2, 150, axis=0))
+    runs = []
+    on_arcs = dist._emd_on_arcs
+    monkeypatch.setattr(dist, "_emd_on_arcs", lambda *a: runs.append(on_arcs(*a)) or runs[-1])
+    monkeypatch.setattr(dist, "ARCS_MIN_ENTRIES", 1 << 12)
+    sparse = select_otm(x, y, n_folds=3, seed=1, ot_method="exact")
+    assert runs and all(run is not None for run in runs)
+    monkeypatch.setattr(dist, "ARCS_MIN_ENTRIES", 1 << 40)
+    n_sparse = len(runs)
+    dense = select_otm(x, y, n_folds=3, seed=1, ot_method="exact")
+    assert len(runs) == n_sparse  # no sparse solve this time
+    np.testing.assert_array_equal(sparse.indices, dense.indices)
+    np.testing.assert_allclose(sparse.ot_trace, dense.ot_trace, rtol=1e-12)
+
+
 def test_otm_fold_workers_split_the_blas_threads(monkeypatch):
     """Forked fold workers run BLAS on the parent's threads over ``workers``: uncapped, each
     worker's idle BLAS threads spin after its products and slow the other workers down."""
