@@ -184,6 +184,24 @@ def test_otm_weighted_is_otms_selection_with_ot_potential_repeat_counts(prepared
     assert torch.load(tmp_path / "m.pt", weights_only=True)["samples_per_epoch"] == counts.sum()
 
 
+def test_otm_runs_its_folds_on_the_jobs_threads(prepared, feature_files, tmp_path, monkeypatch):
+    """The select job's threads become OTM's fold workers (forked processes), with the same
+    selection as one process; other methods ignore them."""
+    import dataclasses
+
+    _, task, _ = prepared
+    asked = []
+    real = stages.select
+    monkeypatch.setattr(stages, "select", lambda *a, **k: asked.append((a[0], k["workers"])) or real(*a, **k))
+    one = stages.select_for_job(task, "otm", feature_files, tmp_path / "one.csv", SETTINGS)
+    monkeypatch.setattr(task, "context", dataclasses.replace(task.context, threads=2))
+    two = stages.select_for_job(task, "otm", feature_files, tmp_path / "two.csv", SETTINGS)
+    stages.select_for_job(task, "tarot.r0.25", feature_files, tmp_path / "tarot.csv", SETTINGS)
+    assert asked == [("otm", 1), ("otm", 2), ("tarot", 1)]
+    np.testing.assert_array_equal(one.indices, two.indices)
+    assert one.ot_trace == two.ot_trace
+
+
 def test_infdist_reads_embeddings_and_the_landmarks_gradients_only(prepared, feature_files, tmp_path):
     from tarot_select.infdist import choose_landmarks
 

@@ -585,6 +585,7 @@ def make_selection(
     candidate_groups: Mapping[str, np.ndarray] | None = None,
     train_weights: np.ndarray | None = None,
     output_description: str | None = None,
+    workers: int = 1,
 ) -> Selection:
     """Run one selection and write ``index,weight`` CSV + sidecar.
 
@@ -596,7 +597,8 @@ def make_selection(
     ``tarot_concat`` (TAROT; its ``wfd_*`` files whiten concatenated checkpoint blocks).
     ``output_description`` says what DsDm's model-output features are (the task's
     ``output_description``, e.g. the classifiers' margin with :math:`Q = \\mathrm{diag}(1 - p_y)`);
-    it goes into the sidecar and the table's footnote.
+    it goes into the sidecar and the table's footnote. ``workers``: OTM's folds on this many
+    forked processes (the same selection).
     """
     meta: dict[str, Any] = {"split": "candidates", "ratio_label": ratio_label(method, ratio), "requested_ratio": ratio}
     groups = candidate_groups or {}
@@ -647,6 +649,7 @@ def make_selection(
         train_weights=train_weights if base == "dsdm" else None,
         wfd_features=wfd,
         neighbors=neighbors,
+        workers=workers if base == "otm" else 1,
     )
     sel = sel.with_updates(method=method)
     sel.to_csv(out_csv, extra_meta={**meta, **composition(sel.indices, groups)})
@@ -707,6 +710,7 @@ def select_for_job(
     from the feature ``files`` (keys :data:`~.naming.FEATURE_KEYS`, and ``data``). LESS also
     gets the target subtask labels of the task's data; DsDm, given :data:`~.naming.OUTPUT_KEYS`
     and ``proxy``, scores TRAK datamodels (margin gradients, :func:`proxy_train_weights`).
+    OTM runs its folds on the job's threads (one forked process each, the same selection).
     The sidecar records the selection's source / class composition."""
     method, ratio = parse_selection(selection)
     draw = selection_draw(selection)
@@ -733,6 +737,7 @@ def select_for_job(
         candidate_groups=task.candidate_groups(data),
         train_weights=q,
         output_description=getattr(task, "output_description", None),
+        workers=task.context.threads,
     )
 
 
