@@ -417,6 +417,8 @@ def _emd_on_arcs(
     Returns ``(value, u, v, solves)``, or None when :data:`ARCS_MAX_SOLVES` restricted solves
     did not reach a certificate or the solver failed (the caller then solves densely).
     """
+    from scipy.sparse import coo_matrix
+
     n, m = c.shape
     a = np.full(n, 1.0 / n)
     b = np.full(m, 1.0 / m)
@@ -424,7 +426,8 @@ def _emd_on_arcs(
     red = np.subtract(c, f0[:, None])
     red -= g0[None, :]
     step = max(1, red.size // 65536)
-    q = min(len(red.ravel()[::step]) - 1, int(len(red.ravel()[::step]) * ARCS_PER_ROW / m))
+    sampled = -(-red.size // step)  # entries of red.ravel()[::step]
+    q = min(sampled - 1, int(sampled * ARCS_PER_ROW / m))
 
     def smallest(red: np.ndarray) -> np.ndarray:
         # about ARCS_PER_ROW arcs a row under one threshold, and about ARCS_MIN in every row
@@ -440,7 +443,7 @@ def _emd_on_arcs(
     arcs[rows, cols] = True
     for solves in range(1, ARCS_MAX_SOLVES + 1):
         i, j = np.nonzero(arcs)
-        sparse = _coo(c[i, j], i, j, (n, m))
+        sparse = coo_matrix((c[i, j], (i, j)), shape=(n, m))
         value, logd = ot.emd2(a, b, sparse, log=True, numItermax=max(100_000, 50 * len(i)))
         if int(logd.get("result_code", 0)) != 1:
             log.debug("sparse network simplex stopped (%s); solving densely", logd.get("warning"))
@@ -456,12 +459,6 @@ def _emd_on_arcs(
         arcs |= smallest(red)
     log.debug("no certificate after %d sparse solves; solving densely", ARCS_MAX_SOLVES)
     return None
-
-
-def _coo(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> Any:
-    from scipy.sparse import coo_matrix
-
-    return coo_matrix((values, (rows, cols)), shape=shape)
 
 
 def cost_matrix(x: np.ndarray, y: np.ndarray, dtype: Any = np.float32, block_rows: int = 8192) -> np.ndarray:
