@@ -401,8 +401,8 @@ def _propagate(
     scores = np.empty((n, p.shape[1]), dtype=np.float32)
     for s in range(0, n, block_rows):
         x = np.asarray(emb[s : s + block_rows], dtype=np.float64)
-        release_rows(emb, s, s + len(x))
         scores[s : s + len(x)] = _kernel(kernel, x, landmarks, bandwidth) @ alpha
+        release_rows(emb, s, s + len(x))  # after use: float64 rows are a view
     return Propagation(
         scores=scores,
         kernel=kernel,

@@ -338,7 +338,7 @@ def nearest_neighbors(
         raise TarotInputError(f"k must be in [1, {n}] (the pool size), got {k}")
     top = TopK(targets, k)
     for start in tqdm(range(0, n, block_rows), desc="nearest neighbours", disable=not progress, unit="block"):
-        x = np.asarray(candidates[start : start + block_rows], dtype=np.float32)
-        release_rows(candidates, start, start + x.shape[0])
+        x = np.asarray(candidates[start : start + block_rows], dtype=np.float32)  # a view of float32 rows
         top.add(x, start)
+        release_rows(candidates, start, start + x.shape[0])  # after use: a view would map its pages again
     return top.result()

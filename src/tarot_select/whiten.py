@@ -543,7 +543,7 @@ def neighbors_of_files(
         raise TarotInputError(f"rows {start}..{stop} are not a non-empty range of the {n} candidates")
     top = TopK(targ, min(int(k), stop - start))
     for s in tqdm(range(start, stop, block_rows), desc="nearest neighbours", unit="block", disable=n < 500_000):
-        block = np.asarray(cand[s : min(stop, s + block_rows)], dtype=np.float32)
-        release_rows(cand, s, s + block.shape[0])
+        block = np.asarray(cand[s : min(stop, s + block_rows)], dtype=np.float32)  # a view of float32 rows
         top.add(block, s)
+        release_rows(cand, s, s + block.shape[0])  # after use: a view would map its pages again
     return top.result()

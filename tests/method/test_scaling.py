@@ -208,6 +208,29 @@ def test_memory_map_reads_leave_no_resident_pages(tmp_path, rng):
     assert _rss_file_mib() - before < 8
 
 
+def test_neighbour_searches_of_a_memory_map_leave_no_resident_pages(tmp_path, rng):
+    """float32 rows of a memory map are read as views: the searches release their pages after
+    using them (released before, the search mapped them again: the whole file stayed resident)."""
+    from tarot_select.whiten import neighbors_of_files
+
+    path = tmp_path / "big.npy"
+    rows, dim = 16384, 1024  # 64 MiB of float32
+    with open_row_writer(path, (rows, dim), dtype="float32") as out:
+        for s in range(0, rows, 4096):
+            out.write(rng.normal(size=(4096, dim)).astype(np.float32))
+    targets = rng.normal(size=(20, dim)).astype(np.float32)
+    np.save(tmp_path / "t.npy", targets)
+    arr = np.load(path, mmap_mode="r")
+    before = _rss_file_mib()
+    nb = nearest_neighbors(arr, targets, 3, block_rows=2048)
+    assert _rss_file_mib() - before < 8
+    del arr
+    before = _rss_file_mib()
+    shard = neighbors_of_files(path, tmp_path / "t.npy", 3, block_rows=2048)
+    assert _rss_file_mib() - before < 8
+    np.testing.assert_array_equal(shard.indices, nb.indices)
+
+
 def test_row_writer_is_all_or_nothing(tmp_path):
     path = tmp_path / "x.npy"
     with pytest.raises(TarotInputError, match="3 rows written, 4 declared"):
