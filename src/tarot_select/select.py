@@ -108,9 +108,10 @@ FILL_SAMPLE_SEED = 0
 
 #: Score entries (targets × candidate rows) per block of a selection's own neighbour search
 #: (:class:`NeighborRanks`): 8 MiB of float32. OTM's forked workers each extend their lists
-#: when a fold passes the whitening pass's ranks; with the whitening pass's 64 MiB blocks
-#: that search was a worker's peak (50 k × 1 k: 297 MiB against 216 without it). Same lists
-#: whatever the block size, at the same speed there (0.43 s against 0.44–0.51 s, one thread).
+#: when a fold passes the whitening pass's ranks; with the whitening pass's 64 MiB blocks the
+#: search peaked at 65 MiB traced on the benchmark's 50 k × 1 k pool, with these at 20 MiB.
+#: Same lists whatever the block size, at the same speed there (0.43 s against 0.44–0.51 s,
+#: one thread).
 SEARCH_BLOCK_ENTRIES = 1 << 21
 
 
