@@ -93,7 +93,7 @@ class WhiteningStats:
         if self.shift is None:
             self.shift = np.zeros(self.dim, dtype=np.float64)
 
-    def update(self, x: np.ndarray, block_rows: int = GRAM_ROWS) -> "WhiteningStats":
+    def update(self, x: np.ndarray, block_rows: int = GRAM_ROWS) -> WhiteningStats:
         """Add the rows of ``x`` (shape (n, dim)), block by block."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise TarotInputError(f"whitening statistics expect (n, {self.dim}) rows, got shape {x.shape}")
@@ -116,7 +116,7 @@ class WhiteningStats:
             self.outer += block.T @ block  # one buffer and its transpose: numpy calls syrk
         return self
 
-    def recentred(self, shift: np.ndarray) -> "WhiteningStats":
+    def recentred(self, shift: np.ndarray) -> WhiteningStats:
         r"""The same statistics about another shift :math:`c'` (:math:`\delta = c - c'`):
         :math:`\sum(x-c') = S_1 + n\delta`, :math:`\sum(x-c')(x-c')^\top = S_2 + S_1\delta^\top
         + \delta S_1^\top + n\delta\delta^\top`."""
@@ -125,7 +125,7 @@ class WhiteningStats:
         s2 = self.outer + np.outer(self.sum, delta) + np.outer(delta, self.sum) + self.n * np.outer(delta, delta)
         return WhiteningStats(self.dim, self.n, s1, s2, np.array(shift, dtype=np.float64))
 
-    def merge(self, other: "WhiteningStats") -> "WhiteningStats":
+    def merge(self, other: WhiteningStats) -> WhiteningStats:
         """Add another accumulator's sums into this one."""
         if other.dim != self.dim:
             raise TarotInputError(f"cannot merge statistics of dimension {other.dim} into {self.dim}")
@@ -162,7 +162,7 @@ class WhiteningStats:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "WhiteningStats":
+    def load(cls, path: str | os.PathLike[str]) -> WhiteningStats:
         """Read what :meth:`save` wrote (checked against its sidecar; a file without one is read as is).
 
         Raises
@@ -248,7 +248,7 @@ class Whitener:
         self._cast: tuple[np.ndarray, np.ndarray] | None = None  # W and mu in compute_dtype
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, *arrays: np.ndarray, block_rows: int = GRAM_ROWS) -> "Whitener":
+    def fit(self, *arrays: np.ndarray, block_rows: int = GRAM_ROWS) -> Whitener:
         """Fit on the rows of all ``arrays`` jointly (e.g. ``fit(candidates, targets)``)."""
         if not arrays:
             raise TarotInputError("Whitener.fit needs at least one array")
@@ -261,7 +261,7 @@ class Whitener:
             stats.update(arr, block_rows=block_rows)
         return self.fit_stats(stats)
 
-    def fit_stats(self, stats: WhiteningStats) -> "Whitener":
+    def fit_stats(self, stats: WhiteningStats) -> Whitener:
         """Fit from accumulated statistics (shard-by-shard whitening)."""
         self.dim_ = stats.dim
         self._cast = None

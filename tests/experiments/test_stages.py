@@ -206,7 +206,6 @@ def test_infdist_reads_embeddings_and_the_landmarks_gradients_only(prepared, fea
     from tarot_select.infdist import choose_landmarks
 
     _, task, root = prepared
-    f = root / "features"
     features = {"proj_dim": 8, "batch_size": 16}
     # the landmarks' features are the pool's Adam features at the drawn rows, computed for those rows only
     stages.dump_gradients(

@@ -233,13 +233,11 @@ def test_neighbour_searches_of_a_memory_map_leave_no_resident_pages(tmp_path, rn
 
 def test_row_writer_is_all_or_nothing(tmp_path):
     path = tmp_path / "x.npy"
-    with pytest.raises(TarotInputError, match="3 rows written, 4 declared"):
-        with open_row_writer(path, (4, 2)) as out:
-            out.write(np.ones((3, 2)))
+    with pytest.raises(TarotInputError, match="3 rows written, 4 declared"), open_row_writer(path, (4, 2)) as out:
+        out.write(np.ones((3, 2)))
     assert not path.exists() and not list(tmp_path.iterdir())
-    with pytest.raises(TarotInputError, match="width 2"):
-        with open_row_writer(path, (4, 2)) as out:
-            out.write(np.ones((4, 3)))
+    with pytest.raises(TarotInputError, match="width 2"), open_row_writer(path, (4, 2)) as out:
+        out.write(np.ones((4, 3)))
     with open_row_writer(path, (4, 2), dtype="float16", meta={"note": "x"}) as out:
         out.write(np.arange(8).reshape(4, 2))
     fs = load_features(path)
