@@ -998,20 +998,15 @@ def ot_distance(
         ot = _import_pot()
 
         c = pairwise_wfd(source, target) if cost is None else np.asarray(cost, dtype=np.float64)
-        if (
-            potentials_init is not None
-            and a is None
-            and b is None
-            and n * m >= ARCS_MIN_ENTRIES
-            and _emd_arcs_supported(ot)
-        ):
-            on_arcs = _emd_on_arcs(ot, c, *_warm_start_potentials(c, potentials_init))
+        init = None if potentials_init is None else _warm_start_potentials(c, potentials_init)
+        if init is not None and a is None and b is None and n * m >= ARCS_MIN_ENTRIES and _emd_arcs_supported(ot):
+            on_arcs = _emd_on_arcs(ot, c, *init)
             if on_arcs is not None:
                 value_, u, v, _ = on_arcs
                 return OTResult(value_, "exact", u, v, 0.0, True, 0.0, value_, requested)
         warm: dict[str, Any] = {}
-        if potentials_init is not None and _emd_warm_start_supported(ot):
-            warm["potentials_init"] = _warm_start_potentials(c, potentials_init)
+        if init is not None and _emd_warm_start_supported(ot):
+            warm["potentials_init"] = init
         value, logd = ot.emd2(a_, b_, c, log=True, numItermax=max(100_000, 50 * n * m), **warm)
         converged = int(logd.get("result_code", 1)) == 1
         u, v = np.asarray(logd["u"]), np.asarray(logd["v"])
