@@ -315,6 +315,7 @@ def nearest_neighbors(
     k: int,
     block_rows: int = 8192,
     progress: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> Neighbors:
     """Exact ``k`` nearest candidates (Euclidean) of every target.
 
@@ -324,21 +325,24 @@ def nearest_neighbors(
         Possibly a memory map; read in row blocks (and its pages released again).
     targets : np.ndarray, shape (m, d)
     k : int
-        Neighbours per target, ``1 <= k <= n``.
+        Neighbours per target, ``1 <= k <=`` the number of candidates searched.
     block_rows : int
         Candidate rows per matmul block.
+    rows : (int, int), optional
+        Search only candidates ``start .. stop - 1`` (one shard of a sharded search); the
+        lists carry global indices and ``n_candidates`` is ``stop - start``.
 
     Returns
     -------
     Neighbors
         Ties are broken towards the lower candidate index, so results are deterministic.
     """
-    n = candidates.shape[0]
-    if not 1 <= k <= n:
-        raise TarotInputError(f"k must be in [1, {n}] (the pool size), got {k}")
+    start, stop = (0, candidates.shape[0]) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 1 <= k <= stop - start:
+        raise TarotInputError(f"k must be in [1, {stop - start}] (the pool size), got {k}")
     top = TopK(targets, k)
-    for start in tqdm(range(0, n, block_rows), desc="nearest neighbours", disable=not progress, unit="block"):
-        x = np.asarray(candidates[start : start + block_rows], dtype=np.float32)  # a view of float32 rows
-        top.add(x, start)
-        release_rows(candidates, start, start + x.shape[0])  # after use: a view would map its pages again
+    for s in tqdm(range(start, stop, block_rows), desc="nearest neighbours", disable=not progress, unit="block"):
+        x = np.asarray(candidates[s : min(stop, s + block_rows)], dtype=np.float32)  # a view of float32 rows
+        top.add(x, s)
+        release_rows(candidates, s, s + x.shape[0])  # after use: a view would map its pages again
     return top.result()

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from .combine import combine_checkpoints
 from .errors import TarotInputError
 from .io import FeatureSet, load_features, load_npz, open_row_writer, release_rows, save_npz
-from .knn import Neighbors, TopK
+from .knn import Neighbors, TopK, nearest_neighbors
 
 __all__ = [
     "WHITEN_METHODS",
@@ -541,9 +541,6 @@ def neighbors_of_files(
     start, stop = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
     if not 0 <= start < stop <= n:
         raise TarotInputError(f"rows {start}..{stop} are not a non-empty range of the {n} candidates")
-    top = TopK(targ, min(int(k), stop - start))
-    for s in tqdm(range(start, stop, block_rows), desc="nearest neighbours", unit="block", disable=n < 500_000):
-        block = np.asarray(cand[s : min(stop, s + block_rows)], dtype=np.float32)  # a view of float32 rows
-        top.add(block, s)
-        release_rows(cand, s, s + block.shape[0])  # after use: a view would map its pages again
-    return top.result()
+    return nearest_neighbors(
+        cand, targ, min(int(k), stop - start), block_rows=block_rows, progress=n >= 500_000, rows=(start, stop)
+    )
