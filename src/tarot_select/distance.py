@@ -315,30 +315,77 @@ def _map_blocks(fn: Callable[[int, int, int], Any], blocks: Sequence[tuple[int, 
     return out
 
 
-def _import_pot() -> Any:
+#: Packages POT imports when they are installed, only for functions this library never calls
+#: (``ot.lowrank``'s k-means and ``ot.gromov``'s clusterings: scikit-learn, which brings pandas;
+#: ``ot.gromov``'s graph partitions: networkx; ``ot.bregman``'s GeomLoss wrapper, which brings
+#: torch). POT imports each inside ``try``/``except ImportError`` and runs without it (its
+#: minimal-dependency configuration). ``_import_pot(minimal=True)`` hides them.
+POT_OPTIONAL_IMPORTS: tuple[str, ...] = ("sklearn", "networkx", "geomloss")
+
+#: POT's switches for its array backends other than numpy (each imports its framework).
+_POT_BACKEND_SWITCHES: tuple[str, ...] = (
+    "POT_BACKEND_DISABLE_PYTORCH",
+    "POT_BACKEND_DISABLE_JAX",
+    "POT_BACKEND_DISABLE_CUPY",
+    "POT_BACKEND_DISABLE_TENSORFLOW",
+)
+
+
+class _HiddenModules:
+    """Import hook (``sys.meta_path``) under which ``import <name>`` of the given top-level
+    packages and their submodules raises :class:`ModuleNotFoundError`, as if not installed.
+    (A ``None`` in ``sys.modules`` would do the same, but scipy looks modules up there and
+    takes ``None`` for a loaded one.)"""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden while importing POT)", name=fullname)
+
+
+def _import_pot(minimal: bool = False) -> Any:
     """POT, imported on first use (only the exact solver needs it; it takes about a second).
 
     When torch is not loaded yet, POT is imported without its torch backend
     (``POT_BACKEND_DISABLE_PYTORCH``, set for the import only): otherwise importing POT
     imports torch, about 500 MiB of resident memory that nothing in this module uses.
     Code that wants POT's torch backend in the same process imports torch (or POT) first.
+
+    ``minimal=True`` is for worker processes that only solve OT problems (OTM's forked fold
+    workers): the import also runs without POT's other array backends and with
+    :data:`POT_OPTIONAL_IMPORTS` hidden (those not loaded already), as POT runs where they are
+    not installed. Measured on the benchmark's host: 73 MiB less resident memory (176 → 103 MiB
+    after numpy and scipy) and 0.98 → 0.45 s. The hook is removed after the import; in that
+    process POT keeps those optional features off (``ot.lowrank``'s k-means initialisation,
+    ``ot.gromov``'s graph clusterings, ``ot.bregman``'s GeomLoss solvers). No effect when POT
+    is loaded already.
     """
     import sys
 
-    if "ot" in sys.modules or "torch" in sys.modules:
+    if "ot" in sys.modules or ("torch" in sys.modules and not minimal):
         import ot
 
         return ot
-    key = "POT_BACKEND_DISABLE_PYTORCH"
-    before = os.environ.get(key)
-    os.environ[key] = "1"
+    switches = _POT_BACKEND_SWITCHES if minimal else _POT_BACKEND_SWITCHES[:1]
+    if "torch" in sys.modules:  # minimal, but torch is here anyway: its backend costs nothing more
+        switches = switches[1:]
+    before = {key: os.environ.get(key) for key in switches}
+    hook = _HiddenModules([name for name in POT_OPTIONAL_IMPORTS if name not in sys.modules]) if minimal else None
+    os.environ.update({key: "1" for key in switches})
+    if hook is not None:
+        sys.meta_path.insert(0, hook)
     try:
         import ot
     finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+        if hook is not None:
+            sys.meta_path.remove(hook)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return ot
 
 

@@ -216,3 +216,36 @@ def test_bad_input(rng):
         ot_distance(x, x, method="lp")
     with pytest.raises(TarotInputError, match=r"cost matrix has shape \(3, 4\), expected \(4, 4\)"):
         ot_distance(x, x, cost=np.ones((3, 4)))
+
+
+def test_minimal_pot_import_hides_optional_packages_during_the_import_only():
+    """``_import_pot(minimal=True)`` loads a working POT without scikit-learn, networkx or
+    torch, and removes its import hook afterwards (scikit-learn, a dependency of this
+    project, imports normally after it). Run in a fresh interpreter: POT is loaded here."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import numpy as np
+        from tarot_select.distance import _import_pot
+        hooks = list(sys.meta_path)
+        ot = _import_pot(minimal=True)
+        loaded = [n for n in ("sklearn", "networkx", "torch", "geomloss") if n in sys.modules]
+        a, b = np.full(3, 1 / 3), np.full(2, 1 / 2)
+        value = float(ot.emd2(a, b, np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])))
+        same_hooks = sys.meta_path == hooks
+        import sklearn
+        print(json.dumps({"loaded": loaded, "value": value, "same_hooks": same_hooks}))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == []
+    assert out["same_hooks"]
+    # rows 0 and 1 go to their zero-cost column (1/3 each), row 2 splits 1/6 + 1/6 at cost 2
+    assert out["value"] == pytest.approx(2 / 3, rel=1e-12)

@@ -1,3 +1,9 @@
+import json
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from conftest import unit_rows
@@ -301,10 +307,42 @@ def test_otm_fold_workers_split_the_blas_threads(monkeypatch):
     monkeypatch.setattr(sel, "_otm_fold", blas_threads_in_worker)
     folds = [np.arange(i, i + 1) for i in range(4)]
     with threadpool_limits(limits=4, user_api="blas"):
-        results = sel._otm_folds_in_processes(object(), folds, workers=2)
+        results = sel._otm_folds_in_processes(SimpleNamespace(solver="sinkhorn"), folds, workers=2)
         parent = max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
     assert [info["threads"] for _, info in results] == [2, 2, 2, 2]
     assert parent == 4  # the parent's pools are left as they were
+
+
+def test_otm_fold_workers_import_pot_without_its_optional_packages():
+    """Exact OTM's forked workers import POT once, before their folds, without scikit-learn
+    or networkx (POT imports them only for functions a fold never calls); the parent imports
+    nothing, and workers of Sinkhorn rounds do not import POT. A fresh interpreter, so that
+    nothing is loaded before."""
+    script = textwrap.dedent(
+        """
+        import importlib, json, sys
+        from types import SimpleNamespace
+        import numpy as np
+        sel = importlib.import_module("tarot_select.select")
+        names = ("ot", "sklearn", "networkx", "torch")
+
+        def probe(state, fold):
+            return fold, {"loaded": [n for n in names if n in sys.modules]}
+
+        sel._otm_fold = probe
+        folds = [np.arange(i, i + 1) for i in range(2)]
+        out = {}
+        for solver in ("exact", "sinkhorn"):
+            res = sel._otm_folds_in_processes(SimpleNamespace(solver=solver), folds, workers=2)
+            out[solver] = [info["loaded"] for _, info in res]
+        out["parent"] = [n for n in names if n in sys.modules]
+        print(json.dumps(out))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"exact": [["ot"], ["ot"]], "sinkhorn": [[], []], "parent": []}
 
 
 def test_otm_exact_rounds_are_warm_started_and_give_the_same_selection(monkeypatch):
