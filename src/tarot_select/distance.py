@@ -469,7 +469,8 @@ def _emd_on_arcs(
     n, m = c.shape
     a = np.full(n, 1.0 / n)
     b = np.full(m, 1.0 / m)
-    tol = 1e-11 * (1.0 + float(np.abs(c).max()))
+    tol = 1e-11 * (1.0 + max(float(c.max()), -float(c.min())))
+    c_flat = c.reshape(-1)  # a view when c is contiguous (OTM's cost rows are)
     red = np.subtract(c, f0[:, None])
     red -= g0[None, :]
     step = max(1, red.size // 65536)
@@ -480,8 +481,8 @@ def _emd_on_arcs(
         # about ARCS_PER_ROW arcs a row under one threshold, and about ARCS_MIN in every row
         # and column: below the row's (column's) minimum over every ARCS_MIN-th entry
         sample = red.ravel()[::step]
-        arcs = red <= np.partition(sample, q)[q]
-        arcs |= red <= red[:, ::ARCS_MIN].min(axis=1)[:, None]
+        below = np.maximum(red[:, ::ARCS_MIN].min(axis=1), np.partition(sample, q)[q])
+        arcs = red <= below[:, None]
         arcs |= red <= red[::ARCS_MIN].min(axis=0)[None, :]
         return arcs
 
@@ -489,8 +490,9 @@ def _emd_on_arcs(
     rows, cols = _staircase_arcs(n, m)
     arcs[rows, cols] = True
     for solves in range(1, ARCS_MAX_SOLVES + 1):
-        i, j = np.nonzero(arcs)
-        sparse = coo_matrix((c[i, j], (i, j)), shape=(n, m))
+        flat = np.flatnonzero(arcs)  # with divmod, 4x faster than a 2-D nonzero
+        i, j = np.divmod(flat, m)
+        sparse = coo_matrix((c_flat[flat], (i, j)), shape=(n, m))
         # ot.emd, not ot.emd2: on a sparse cost, emd2 also maps the flow back onto the arcs
         # for its gradient, a Python loop over every arc (0.7 s of the benchmark's 4.5 s
         # for four 50 k folds); the value is the same solver's ``cost``
@@ -500,11 +502,12 @@ def _emd_on_arcs(
             return None
         u, v = np.asarray(logd["u"], dtype=np.float64), np.asarray(logd["v"], dtype=np.float64)
         np.subtract(c, u[:, None], out=red)
-        red -= v[None, :]
-        violated = red < -tol
-        violated &= ~arcs
+        violated = red < (v - tol)[None, :]  # C - u - v < -tol
+        if violated.any():
+            violated &= ~arcs
         if not violated.any():
             return float(logd["cost"]), u, v, solves
+        red -= v[None, :]
         arcs |= violated
         arcs |= smallest(red)
     log.debug("no certificate after %d sparse solves; solving densely", ARCS_MAX_SOLVES)
