@@ -437,7 +437,10 @@ def _init_fold_worker(threads: int, import_pot: bool) -> None:
     if import_pot:
         from .distance import _import_pot
 
-        _import_pot(minimal=True)
+        try:
+            _import_pot(minimal=True)
+        except ImportError:  # pragma: no cover - POT is a dependency; a fold then reports it
+            log.debug("POT could not be imported in an OTM worker", exc_info=True)
 
 
 def _otm_folds_in_processes(state: _OtmState, folds: list[np.ndarray], workers: int) -> list[tuple[np.ndarray, dict]]:
