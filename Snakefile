@@ -30,6 +30,7 @@ include: "workflow/rules/paper.smk"
 localrules:
     all,
     table,
+    pool_table,
     figure_metric_vs_ratio,
     figure_tsne,
     lds_report,
