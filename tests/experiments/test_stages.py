@@ -267,9 +267,14 @@ def test_a_selection_records_its_source_and_class_composition(prepared, feature_
         values, counts = np.unique(labels, return_counts=True)
         assert meta["group_sizes"][kind] == {str(v): int(c) for v, c in zip(values, counts)}
         assert all(meta["composition"][kind][g] <= meta["group_sizes"][kind][g] for g in meta["composition"][kind])
+        # the groups of the selected rows themselves
+        values, counts = np.unique(labels[sel.indices], return_counts=True)
+        assert meta["composition"][kind] == {str(v): int(c) for v, c in zip(values, counts)}
 
 
-def test_dsdm_scores_trak_datamodels_of_the_margin_when_the_task_has_outputs(prepared, feature_files, tmp_path):
+def test_dsdm_scores_trak_datamodels_of_the_margin_when_the_task_has_outputs(
+    prepared, feature_files, tmp_path, monkeypatch
+):
     _, task, root = prepared
     f = tmp_path / "out"
     features = {"proj_dim": 8, "batch_size": 16}
@@ -287,6 +292,19 @@ def test_dsdm_scores_trak_datamodels_of_the_margin_when_the_task_has_outputs(pre
     assert "margin" in json.loads((tmp_path / "m.json").read_text())["dsdm_features"]
     assert "loss gradients" in json.loads((tmp_path / "l.json").read_text())["dsdm_features"]
     assert with_q.size == plain.size == 10
+    # the margin selection is TRAK's datamodel scores of the output gradients, weighted by Q
+    from tarot_select.baselines import dsdm_scores, top_budget
+
+    c_out, t_out = (load_features(f / f"{s}_output.npy") for s in ("candidates", "targets"))
+    scores = dsdm_scores(c_out.array, t_out.array, checkpoint_dims=c_out.checkpoint_dims, train_weights=q)
+    assert with_q.indices.tolist() == top_budget(scores, 10).tolist()
+    # the proxy's Q is close to uniform here; a far-from-uniform one shows that the job passes it on
+    strong = np.linspace(0.02, 1.0, 40)[::-1].reshape(40, 1).copy()
+    monkeypatch.setattr(stages, "proxy_train_weights", lambda *args: strong)
+    with_strong = stages.select_for_job(task, "dsdm.r0.25", files, tmp_path / "s.csv", SETTINGS)
+    strong_scores = dsdm_scores(c_out.array, t_out.array, checkpoint_dims=c_out.checkpoint_dims, train_weights=strong)
+    assert with_strong.indices.tolist() == top_budget(strong_scores, 10).tolist()
+    assert set(with_strong.indices.tolist()) != set(with_q.indices.tolist())
 
 
 # ---------------------------------------------------------------- damaged files and one-line errors

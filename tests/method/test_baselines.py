@@ -50,11 +50,17 @@ def test_top_budget_ties_to_lower_index():
 
 
 def test_baselines_share_the_result_type(rng):
+    from tarot_select import ot_distance
+    from tarot_select.whiten import whiten
+
     x, xt = rng.normal(size=(120, 6)), rng.normal(size=(10, 6))
+    wx, wt = whiten(x, xt, "cholesky")
     for method in ("random", "dsdm", "less", "tarot"):
         sel = select(method, x, xt, budget=17)
         assert sel.size == 17 and sel.method == method and sel.budget == 17
-        assert sel.ot_distance is not None and np.isfinite(sel.ot_distance)
+        # every method is measured the same way: exact OT of its rows to all targets, in WFD
+        exact = ot_distance(wx[sel.indices], wt, method="exact").value
+        assert sel.ot_distance == pytest.approx(exact, rel=1e-6)
 
 
 def test_dsdm_train_weights_scale_each_block_row_wise(rng):

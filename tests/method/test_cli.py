@@ -25,18 +25,42 @@ def run(argv, capsys):
     return code, out, err
 
 
-@pytest.mark.parametrize("method", ["tarot", "random", "dsdm", "less"])
-def test_select_writes_csv_and_sidecar(feats, tmp_path, capsys, method):
+@pytest.mark.parametrize(
+    "method,options,kwargs",
+    [
+        ("tarot", [], {}),
+        ("random", ["--seed", 3], {"seed": 3}),
+        ("dsdm", [], {}),
+        ("less", [], {}),
+        # the whitening options reach the library (each changes this selection)
+        (
+            "tarot",
+            ["--whiten", "zca", "--no-normalize", "--eps", 0.5],
+            {"whiten": "zca", "normalize": False, "eps": 0.5},
+        ),
+        ("tarot", ["--whiten", "none"], {"whiten": "none"}),
+    ],
+)
+def test_select_writes_csv_and_sidecar(feats, tmp_path, capsys, method, options, kwargs):
+    from tarot_select import select
+    from tarot_select.io import load_features
+
     c, t = feats
     out = tmp_path / "sel" / "S.csv"
     code, stdout, _ = run(
-        ["select", "--candidates", c, "--targets", t, "--method", method, "--budget", 30, "--out", out], capsys
+        ["select", "--candidates", c, "--targets", t, "--method", method, "--budget", 30, "--out", out, *options],
+        capsys,
     )
     assert code == 0 and "selected 30 of 200" in stdout
     rows = out.read_text().splitlines()
     assert rows[0] == "index,weight" and len(rows) == 31
     idx = [int(r.split(",")[0]) for r in rows[1:]]
-    assert len(set(idx)) == 30
+    # the library's selection, in its order, for the same files and options
+    expected = select(method, load_features(c).array, load_features(t).array, budget=30, **kwargs)
+    assert idx == expected.indices.tolist()
+    if kwargs and method == "tarot":
+        default = select(method, load_features(c).array, load_features(t).array, budget=30)
+        assert set(idx) != set(default.indices.tolist())
     meta = json.loads((tmp_path / "sel" / "S.json").read_text())
     assert meta["method"] == method and meta["size"] == 30 and meta["candidates"] == str(c)
 
@@ -65,15 +89,29 @@ def test_otm_and_weights(feats, tmp_path, capsys):
         capsys,
     )
     assert code == 0
-    w = np.loadtxt(out, delimiter=",", skiprows=1, ndmin=2)[:, 1]
+    rows = np.loadtxt(out, delimiter=",", skiprows=1, ndmin=2)
+    w = rows[:, 1]
     assert w.min() >= 1 and w.sum() == 2 * len(w)
     assert json.loads(out.with_suffix(".json").read_text())["chosen_ratio"] == pytest.approx(len(w) / 200)
+    from tarot_select import select
+    from tarot_select.io import load_features
+
+    ref = select("otm", load_features(c).array, load_features(t).array, n_folds=4, weighting="potential", repeat=2)
+    np.testing.assert_array_equal(rows[:, 0].astype(int), ref.indices)
+    np.testing.assert_array_equal(w, ref.weights)
 
 
 def test_distance_command(feats, capsys):
+    from tarot_select import ot_distance
+    from tarot_select.io import load_features
+    from tarot_select.whiten import whiten
+
     c, t = feats
     code, stdout, _ = run(["distance", "--source", c, "--target", t], capsys)
-    assert code == 0 and float(stdout) > 0
+    wc, wt = whiten(load_features(c).array, load_features(t).array, "cholesky")
+    assert code == 0 and float(stdout) == pytest.approx(ot_distance(wc, wt).value, rel=1e-8)
+    code, stdout, _ = run(["distance", "--source", t, "--target", t], capsys)
+    assert code == 0 and float(stdout) == pytest.approx(0.0, abs=1e-6)
 
 
 def _bad(tmp_path, rng, name, array):

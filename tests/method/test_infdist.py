@@ -147,9 +147,14 @@ def test_propagate_reads_memmapped_embeddings(tmp_path, rng):
 def test_singular_undamped_kernel_falls_back_to_least_squares(rng, caplog):
     land = np.repeat(rng.normal(size=(3, 4)), 2, axis=0)  # duplicated rows: K_LL is singular
     p = rng.normal(size=(6, 2))
+    pool = rng.normal(size=(20, 4))
     with caplog.at_level(logging.WARNING, logger="tarot_select.infdist"):
-        prop = propagate(land, p, rng.normal(size=(20, 4)), kernel="linear", damping=0.0)
+        prop = propagate(land, p, pool, kernel="linear", damping=0.0)
     assert prop.solver == "lstsq" and np.isfinite(prop.scores).all()
+    # least squares' minimum-norm solution: alpha = pinv(K_LL) p, scores = K_pool,L alpha
+    expected = pool @ land.T @ np.linalg.pinv(land @ land.T) @ p
+    assert np.abs(expected).max() > 1
+    np.testing.assert_allclose(prop.scores, expected, rtol=1e-4, atol=1e-5)
     assert any("least squares" in r.message for r in caplog.records)
 
 

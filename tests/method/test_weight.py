@@ -59,12 +59,18 @@ def test_optimal_weights_reach_the_lower_bound(rng):
 
 def test_select_with_weighting(rng):
     from tarot_select import select
+    from tarot_select.whiten import whiten
 
     cand, targ = rng.normal(size=(200, 8)), rng.normal(size=(30, 8))
+    wc, wt = whiten(cand, targ, "cholesky")  # the features select() weighs on
     s = select("tarot", cand, targ, budget=40, weighting="potential", repeat=2.5)
     assert s.weights.sum() == 100 and s.weights.min() >= 1 and s.weighting == "potential"
+    # each weight belongs to its own index (TAROT's indices are not sorted)
+    assert not np.all(np.diff(s.indices) > 0) and len(np.unique(s.weights)) > 1
+    np.testing.assert_array_equal(s.weights, potential_counts(wc[s.indices], wt, repeat=2.5))
     s = select("random", cand, targ, budget=40, weighting="optimal")
     assert s.weights.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(s.weights, optimal_weights(wc[s.indices], wt), atol=1e-9)
 
 
 @pytest.mark.parametrize("n,repeat", [(7, 1.0), (7, 2.0), (10, 2.5), (3, 1.4), (100, 3.0)])
