@@ -96,13 +96,28 @@ def select(
     seed : int
         Seeds ``random`` and the OTM folds.
     weighting : {"potential", "optimal"}, optional
-        Add weights to the selection (:mod:`tarot_select.weight`); ``repeat`` is the
-        repetition factor of potential weighting.
+        Add weights to the selection (:mod:`tarot_select.weight`).
+    repeat : float
+        Repetition factor R ≥ 1 of potential weighting (the counts sum to round(R·s)
+        for s selected samples).
+    n_folds : int
+        ``otm`` only: folds of the target set (at least 2).
+    patience : int
+        ``otm`` only: rounds without a new minimum before a fold stops (1: the first rise).
+    ot_method : {"auto", "exact", "sinkhorn"}
+        OT solver of the selection (fill, OTM rounds), the weighting and the evaluation;
+        ``auto`` asks :func:`~tarot_select.distance.choose_solver`.
+    reg : float
+        Sinkhorn's regularisation relative to the largest cost.
     target_groups : np.ndarray, shape (m,), optional
         Subtask label per target (``less``).
     checkpoint_dims, checkpoint_weights
-        Feature blocks per checkpoint and their weights (``dsdm`` and ``less``; for
-        ``infdist`` those of the landmark and target features).
+        Feature blocks per checkpoint (``dsdm`` and ``less``) and their weights (``less``;
+        DsDm averages its blocks equally); for ``infdist`` those of the landmark and
+        target features.
+    dsdm_ridge : float
+        ``dsdm`` only: ridge of TRAK's kernel, relative to its mean diagonal
+        (:func:`~tarot_select.baselines.dsdm_scores`).
     train_weights : np.ndarray, shape (n,) or (n, n_checkpoints), optional
         ``dsdm`` with TRAK's out-to-loss factor :math:`q_i = 1 - p_{y_i}` (per checkpoint),
         for candidates/targets that are model-*output* (margin) gradients.
@@ -127,6 +142,8 @@ def select(
         Compute the OT distance of the selection to the target (whitened space); skipped,
         with a warning and ``info["ot"]["skipped"]``, when the selection × targets problem
         exceeds :data:`EVALUATE_MAX_ENTRIES` (pools of pretraining size).
+    progress : bool
+        Progress bars (tqdm) on the long steps.
     workers : int
         ``otm`` only: folds run on this many forked processes at once (same selection).
 

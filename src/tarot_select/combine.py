@@ -39,7 +39,7 @@ def combine_checkpoints(
     Parameters
     ----------
     features : np.ndarray, shape (n, sum(checkpoint_dims))
-        Rows as written by :meth:`GradientFeaturizer.featurize_to_file` (a memory map is
+        Rows as written by :meth:`~tarot_select.featurize.GradientFeaturizer.featurize_to_file` (a memory map is
         read once).
     checkpoint_dims, checkpoint_weights : sequence or None
         From the sidecar; None: one checkpoint of weight 1.

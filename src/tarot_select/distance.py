@@ -554,7 +554,8 @@ class SinkhornResult:
         L1 error of the target marginal, :math:`\sum_j |\sum_i P_{ij} - b_j|`, the
         stopping criterion (measured before the last iteration).
     converged : bool
-        ``error <= tol`` was reached at the target :math:`\varepsilon`.
+        ``error`` reached the effective tolerance at the target :math:`\varepsilon`
+        (``tol``; in float32 at least :data:`FLOAT32_TOL`).
     plan_error : float
         L1 error of both marginals of the returned plan,
         :math:`\sum_i|\sum_j P_{ij} - a_i| + \sum_j|\sum_i P_{ij} - b_j|`.
@@ -736,7 +737,7 @@ def sinkhorn_log(
 
     def absorb(f: np.ndarray, g: np.ndarray, e: float) -> None:
         """(Re)build the kernel about (f, g) at e. A row or column that underflows to zeros
-        shows as a non-finite update (log 0), which :func:`step_g` / :func:`step_f` catch."""
+        shows as a non-finite update (log 0), which ``step_g`` / ``step_f`` catch."""
         k = kern.get("K")
         if k is None:
             k = np.empty((n, m), dtype=dt)

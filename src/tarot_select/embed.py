@@ -273,7 +273,8 @@ class JVPEmbedder:
 
     @property
     def out_dim(self) -> int:
-        """Embedding width: ``dim``, or ``n_tangents * k`` when that is not larger (no projection).
+        """Embedding width: ``dim``, or ``n_tangents * k`` (no projection) when that is not larger
+        or ``proj_kind="none"``.
 
         ``k``, the width of one reduced block output, is known once a batch has been embedded.
         """

@@ -76,7 +76,9 @@ Other parameters ("small group")
     hooks (batch norm in eval mode: ``d gamma = sum_p g_p xhat_p``, ``d beta = sum_p g_p``
     with ``xhat`` normalised by the running statistics; bias: ``sum_p g_p``). They are
     concatenated and projected together by one cached
-    :class:`~tarot_select.project.DenseProjector` (or kept exactly where they fit), so
+    :class:`~tarot_select.project.DenseProjector` (a
+    :class:`~tarot_select.project.CountSketchProjector` for ``proj_kind="countsketch"``; or kept
+    exactly where they fit), so
     every selected parameter is covered. Any other selected parameter raises
     :class:`~tarot_select.errors.TarotInputError`: exclude it with ``params=`` patterns.
 
@@ -113,7 +115,7 @@ called several times in one forward pass contributes the sum over its calls, as 
 gradient does.
 
 Adam preconditioning (LESS) is elementwise and depends on the whole gradient
-(``m' / (sqrt(v') + eps)`` with ``v'`` quadratic in ``g``); it cannot be applied to a
+(``m' / sqrt(v' + eps)`` with ``v'`` quadratic in ``g``); it cannot be applied to a
 Kronecker projection, and checkpoints with a preconditioner raise for the Kronecker kinds.
 ``proj_kind="countsketch"`` forms the exact layer gradients and applies it (as
 :class:`~tarot_select.featurize.GradientFeaturizer` does) before hashing.
@@ -255,7 +257,7 @@ class SmallGroup:
         each selected parameter contributes ``channels`` columns, in this order.
     n_params : int
     dim : int
-        ``n_params`` (kept exactly) or the dense projection's output dimension.
+        ``n_params`` (kept exactly) or the sketch's output dimension.
     offset : int
         Feature column where its ``dim`` columns are added.
     """

@@ -210,7 +210,7 @@ class GradientFeaturizer:
         Moved to ``device``. Its weights are replaced by each checkpoint in turn during
         :meth:`featurize` and restored afterwards (as is its train/eval mode).
     loss_fn : callable
-        ``loss_fn(forward, sample) -> scalar tensor`` (see the module docstring).
+        ``loss_fn(forward, sample) -> scalar tensor`` (see :mod:`tarot_select.gradients`).
     projector : Projector, optional
         Must have ``in_dim`` equal to the number of selected parameters. If omitted, one is
         built with :func:`~tarot_select.project.make_projector` from ``proj_kind``,

@@ -547,6 +547,8 @@ def load_npz(path: str | os.PathLike[str], keys: Sequence[str] = ()) -> dict[str
 
     Parameters
     ----------
+    path : path-like
+        The ``.npz`` file.
     keys : sequence of str
         Names that must be present.
 

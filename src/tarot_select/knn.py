@@ -328,6 +328,8 @@ def nearest_neighbors(
         Neighbours per target, ``1 <= k <=`` the number of candidates searched.
     block_rows : int
         Candidate rows per matmul block.
+    progress : bool
+        A progress bar (tqdm) over the candidate blocks.
     rows : (int, int), optional
         Search only candidates ``start .. stop - 1`` (one shard of a sharded search); the
         lists carry global indices and ``n_candidates`` is ``stop - start``.

@@ -740,7 +740,7 @@ def attribution_scores_many(
     r"""Attribution matrices of several methods on one model, sharing the expensive steps.
 
     The same matrices as ``{m: attribution_scores(m, ...) for m in methods}`` (equal up to
-    rounding, in practice bit for bit), but the whitening of ``wfd``, ``wfd_no_norm`` and
+    rounding: last-bit differences, about 10⁻¹⁶), but the whitening of ``wfd``, ``wfd_no_norm`` and
     ``wfd_times_q`` is fitted once (one eigendecomposition or Cholesky factorisation of
     the :math:`d \times d` covariance instead of one per method), and ``trak`` is
     :math:`\operatorname{diag}(q)` times ``trak_no_q``'s matrix, solved once.
@@ -879,7 +879,8 @@ def _seed(seed: Any) -> int:
 
 
 def _unit_rows(a: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm with :meth:`Whitener.transform`'s own operations (float64)."""
+    """Rows scaled to unit norm, float64 (torch; the same formula as :meth:`Whitener.transform`, not
+    the same operations, so the two agree to rounding)."""
     t = torch.from_numpy(np.array(a, dtype=np.float64))
     t.div_(torch.linalg.vector_norm(t, dim=1, keepdim=True).clamp_(min=torch.finfo(torch.float64).tiny))
     return t.numpy()

@@ -23,7 +23,8 @@ class Selection:
     Attributes
     ----------
     indices : np.ndarray, shape (s,), int64
-        Unique candidate indices, in the order the method picked them.
+        Unique candidate indices, in the order the method picked them (OTM: ascending,
+        the union of its folds).
     method : str
         ``tarot``, ``otm``, ``random``, ``dsdm``, ``less``, ...
     n_candidates : int

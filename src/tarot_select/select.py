@@ -222,6 +222,10 @@ def select_fixed_size(
     reg : float
         Sinkhorn's regularisation relative to the largest cost
         (:func:`~tarot_select.distance.ot_distance`).
+    block_rows : int
+        Candidate rows per block of the neighbour search.
+    progress : bool
+        A progress bar over the neighbour search.
     neighbors : Neighbors, optional
         Precomputed nearest candidates of the targets (same features); ranks beyond
         them are searched when needed. The selection is the same with or without.
@@ -511,6 +515,16 @@ def select_otm(
         Rounds without a new minimum before a fold stops (1: stop at the first rise).
     max_rank : int, optional
         Upper bound on neighbour ranks per fold (default: the pool size).
+    ot_method : {"auto", "exact", "sinkhorn"}
+        The one solver of every round of every fold (so that a trace compares like with
+        like); ``auto`` asks :func:`~tarot_select.distance.choose_solver` about
+        :data:`OTM_ROUNDS` warm-started rounds per fold of a held-out-sized selection.
+    reg : float
+        Sinkhorn's regularisation relative to the largest cost.
+    block_rows : int
+        Candidate rows per block of the neighbour search.
+    progress : bool
+        A progress bar over the folds (in-process folds only) and the neighbour search.
     neighbors : Neighbors, optional
         Precomputed nearest candidates of all targets, as for :func:`select_fixed_size`.
     workers : int

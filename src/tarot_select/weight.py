@@ -47,6 +47,8 @@ def apportion(values: np.ndarray, total: int, minimum: int = 1) -> np.ndarray:
         Non-negative shares.
     total : int
         Sum of the counts, at least ``minimum * s``.
+    minimum : int
+        Smallest count of every sample.
     """
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     s = v.shape[0]
