@@ -7,8 +7,19 @@ vectors). Candidates are read ``block_rows`` rows at a time (memory maps stay on
 each block's scores against all targets come from one matmul, and a running top-k per
 target is merged block by block, so the dense candidates × targets matrix never exists.
 Memory is :math:`O(\text{block\_rows}\cdot m + m k)`. Only an entry above its target's
-current :math:`k`-th best score enters the merge, so after the first blocks the cost is
-the matmul (numpy's BLAS, float32) and one comparison per score.
+current :math:`k`-th best score (less a bound on the matmul's rounding) enters the merge, so
+after the first blocks the cost is the matmul (numpy's BLAS, float32) and one comparison per
+score.
+
+Exact scores: a float32 matmul's rounding depends on the BLAS kernel and on the block's
+shape (on an AVX2 host, OpenBLAS's kernels gave some pairs a different last bit in a shard's
+blocks than in the whole pass's). So the matmul only screens: an entry
+within :math:`2\gamma_d(2\lVert y\rVert x_{\max} + x_{\max}^2)` of the cut
+(:math:`\gamma_d = (d+2)\,u_{32}`, the standard bound on a length-:math:`d` float32 dot
+product's error, :math:`x_{\max}` the block's largest row norm) is rescored as a float64 dot
+product of its two rows, rounded to float32, and ranked by that. Every candidate that can
+belong to a list is rescored, and a pair's score depends on its two rows alone, so the lists
+(members, order, scores and distances) do not depend on block sizes, shards or the BLAS.
 
 Shards: lists searched over disjoint candidate ranges merge into the lists of the whole
 pool (:func:`merge_neighbors`), the same as one search: a pool too large for one job is
@@ -206,6 +217,23 @@ def _kth_best(scores: np.ndarray, k: int) -> np.ndarray:
     )
 
 
+#: Pairs rescored at once by :func:`_exact_scores` (small gathers: a 64 MB one cost more in page
+#: faults than the products).
+RESCORE_PAIRS = 256
+
+
+def _exact_scores(y64: np.ndarray, xb: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    r"""Scores :math:`2 y_r^\top x_c - \lVert x_c\rVert^2` of the pairs ``(rows, cols)``, each
+    a float64 dot product of its own two rows rounded to float32: the same value whatever the
+    block, shard or BLAS that found the pair, shape (len(rows),)."""
+    out = np.empty(len(rows), dtype=np.float32)
+    for s in range(0, len(rows), RESCORE_PAIRS):
+        yr = y64[rows[s : s + RESCORE_PAIRS]]
+        xc = xb[cols[s : s + RESCORE_PAIRS]].astype(np.float64)
+        out[s : s + len(yr)] = 2.0 * np.einsum("ij,ij->i", yr, xc) - np.einsum("ij,ij->i", xc, xc)
+    return out
+
+
 class TopK:
     r"""Running ``k`` best candidates of every target, fed one candidate block at a time.
 
@@ -215,19 +243,24 @@ class TopK:
     k : int
         Neighbours to keep per target.
 
-    Each :meth:`add` scores the block :math:`X_b` against all targets with float32
+    Each :meth:`add` screens the block :math:`X_b` against all targets with float32
     matmuls, :math:`S = 2YX_b^\top - \mathbf{1}\lVert x\rVert^{2\top}` (shape (m, b), at
-    most :data:`BLOCK_ENTRIES` entries at once), and merges into the running lists only
-    the entries strictly above their target's current :math:`k`-th best score (an equal
-    score of a later candidate ranks after the earlier one anyway). While a list is not
-    full, a row's cut is the block's own :math:`k`-th best score, ties included. The
-    result is the exact top-k with ties to the lower index, whatever the block sizes.
+    most :data:`BLOCK_ENTRIES` entries at once); the entries above their target's current
+    :math:`k`-th best score less the matmul's rounding bound (while a list is not full: the
+    block's own :math:`k`-th best, less the bound) are rescored exactly (module docstring)
+    and merged into the running lists (an equal score of a later candidate ranks after the
+    earlier one). The result is the exact top-k of the rescored values with ties to the
+    lower index, whatever the block sizes or shards.
     """
 
     def __init__(self, targets: np.ndarray, k: int) -> None:
         self.y = np.array(targets, dtype=np.float32)  # (m, d), a writable copy
         self.y2 = self.y * np.float32(2.0)  # 2Y: doubling is exact, and saves a pass over every score block
-        m = self.y.shape[0]
+        m, d = self.y.shape
+        # |fl(2 y.x - |x|^2) - (2 y.x - |x|^2)| <= gamma (2 |y| |x| + |x|^2), gamma = (d + 2) u
+        self._gamma = (d + 2) * float(np.finfo(np.float32).eps) / 2
+        self._y64 = self.y.astype(np.float64)  # the rescoring's rows (m x d x 8 bytes)
+        self._ynorm = np.sqrt(np.einsum("ij,ij->i", self._y64, self._y64))
         self.k = int(k)
         if self.k < 1:
             raise TarotInputError(f"k must be >= 1, got {k}")
@@ -246,17 +279,23 @@ class TopK:
         k = self.k
         for s0 in range(0, x.shape[0], self.block_rows):
             xb = x[s0 : s0 + self.block_rows]
+            xsq = np.einsum("ij,ij->i", xb, xb)
             scores = self.y2 @ xb.T  # (m, b), the same values as 2 (Y X_b^T)
-            scores -= np.einsum("ij,ij->i", xb, xb)[None, :]
+            scores -= xsq[None, :]
             cut = self.best_s[:, -1]
-            if np.isneginf(cut).any():  # a list is not full: the block's own k-th best, ties kept
-                cut = np.maximum(cut, np.nextafter(_kth_best(scores, min(k, xb.shape[0])), np.float32(-np.inf)))
-            rows, cols = _above(scores, cut)
+            if np.isneginf(cut).any():  # a list is not full: the block's own k-th best
+                cut = np.maximum(cut, _kth_best(scores, min(k, xb.shape[0])))
+            # twice the rounding bound: whatever the matmul's rounding, every entry whose exact
+            # score reaches the cut passes (the cut itself is exact, or a rounded score)
+            xmax = float(np.sqrt(xsq.max(initial=0.0)))
+            slack = (2.0 * self._gamma * (2.0 * self._ynorm * xmax + xmax * xmax)).astype(np.float32)
+            rows, cols = _above(scores, cut - slack)
             if rows.size:
+                exact = _exact_scores(self._y64, xb, rows, cols)
                 # only the targets that got a new entry are re-ranked (rows are independent)
                 touched, local = np.unique(rows, return_inverse=True)
                 self.best_s[touched], self.best_i[touched] = _insert_rows(
-                    self.best_s[touched], self.best_i[touched], local, scores[rows, cols], cols + (start + s0)
+                    self.best_s[touched], self.best_i[touched], local, exact, cols + (start + s0)
                 )
             self.seen += xb.shape[0]
 

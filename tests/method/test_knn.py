@@ -96,6 +96,35 @@ def test_topk_equals_a_float64_brute_force_whatever_the_block_size(rng):
         np.testing.assert_array_equal(nearest_neighbors(x, y, k=20, block_rows=block).indices, expected)
 
 
+def test_lists_hold_each_pairs_own_exact_score_whatever_the_blocks_or_shards(rng):
+    # a float32 matmul's last bit depends on the BLAS kernel and the block's shape; the lists
+    # must not: every score is the pair's float64 score rounded to float32, and the ranking
+    # (ties to the lower index) follows those scores
+    from tarot_select.knn import TopK, merge_neighbors
+
+    x = unit_rows(rng.normal(size=(700, 96))).astype(np.float32)
+    x[300:320] = x[7] + rng.normal(scale=1e-7, size=(20, 96)).astype(np.float32)  # near-ties
+    y = np.concatenate([x[7:8] + 1e-3, unit_rows(rng.normal(size=(24, 96)))]).astype(np.float32)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    exact = (2.0 * y64 @ x64.T - np.einsum("ij,ij->i", x64, x64)[None, :]).astype(np.float32)
+    order = np.lexsort((np.broadcast_to(np.arange(700), exact.shape), -exact), axis=1)[:, :12]
+    scores = np.take_along_axis(exact, order, 1)
+    dist = np.sqrt(np.maximum(np.einsum("ij,ij->i", y, y)[:, None] - scores, 0)).astype(np.float32)
+    assert len(set(order[0].tolist()) & set(range(300, 320))) >= 5  # the near-ties are in play
+    runs = [nearest_neighbors(x, y, k=12, block_rows=b) for b in (1, 9, 64, 700)]
+    for edges in ([0, 301, 700], [0, 5, 310, 311, 700]):
+        parts = []
+        for lo, hi in itertools.pairwise(edges):
+            top = TopK(y, min(12, hi - lo))
+            top.add(x[lo:hi], lo)
+            parts.append(top.result())
+        runs.append(merge_neighbors(parts, k=12))
+    for nb in runs:
+        np.testing.assert_array_equal(nb.indices, order)
+        np.testing.assert_array_equal(nb.scores, scores)
+        np.testing.assert_array_equal(nb.distances, dist)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_insertion_merge_equals_a_full_sort(seed):
     # Lists sorted best first (some not full: -inf), new entries of later indices with scores
