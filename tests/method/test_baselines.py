@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from tarot_select import TarotInputError, select
+from tarot_select import TarotInputError, ot_distance, select
 from tarot_select.baselines import dsdm_scores, less_scores, random_selection, top_budget
+from tarot_select.whiten import whiten
 
 
 def test_random_is_seeded_and_unique():
@@ -50,9 +51,6 @@ def test_top_budget_ties_to_lower_index():
 
 
 def test_baselines_share_the_result_type(rng):
-    from tarot_select import ot_distance
-    from tarot_select.whiten import whiten
-
     x, xt = rng.normal(size=(120, 6)), rng.normal(size=(10, 6))
     wx, wt = whiten(x, xt, "cholesky")
     for method in ("random", "dsdm", "less", "tarot"):

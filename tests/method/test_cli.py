@@ -7,8 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+from tarot_select import ot_distance, select
 from tarot_select.cli import main
-from tarot_select.io import save_features
+from tarot_select.io import load_features, save_features
+from tarot_select.whiten import whiten
 
 
 @pytest.fixture
@@ -42,9 +44,6 @@ def run(argv, capsys):
     ],
 )
 def test_select_writes_csv_and_sidecar(feats, tmp_path, capsys, method, options, kwargs):
-    from tarot_select import select
-    from tarot_select.io import load_features
-
     c, t = feats
     out = tmp_path / "sel" / "S.csv"
     code, stdout, _ = run(
@@ -93,19 +92,12 @@ def test_otm_and_weights(feats, tmp_path, capsys):
     w = rows[:, 1]
     assert w.min() >= 1 and w.sum() == 2 * len(w)
     assert json.loads(out.with_suffix(".json").read_text())["chosen_ratio"] == pytest.approx(len(w) / 200)
-    from tarot_select import select
-    from tarot_select.io import load_features
-
     ref = select("otm", load_features(c).array, load_features(t).array, n_folds=4, weighting="potential", repeat=2)
     np.testing.assert_array_equal(rows[:, 0].astype(int), ref.indices)
     np.testing.assert_array_equal(w, ref.weights)
 
 
 def test_distance_command(feats, capsys):
-    from tarot_select import ot_distance
-    from tarot_select.io import load_features
-    from tarot_select.whiten import whiten
-
     c, t = feats
     code, stdout, _ = run(["distance", "--source", c, "--target", t], capsys)
     wc, wt = whiten(load_features(c).array, load_features(t).array, "cholesky")

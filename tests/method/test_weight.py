@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 from conftest import unit_rows
 
-from tarot_select import TarotInputError, apportion, optimal_weights, ot_distance, potential_counts
+from tarot_select import TarotInputError, apportion, optimal_weights, ot_distance, potential_counts, select
 from tarot_select.knn import nearest_neighbors
 from tarot_select.weight import uniform_counts
+from tarot_select.whiten import whiten
 
 
 def test_apportion_by_hand():
@@ -58,9 +59,6 @@ def test_optimal_weights_reach_the_lower_bound(rng):
 
 
 def test_select_with_weighting(rng):
-    from tarot_select import select
-    from tarot_select.whiten import whiten
-
     cand, targ = rng.normal(size=(200, 8)), rng.normal(size=(30, 8))
     wc, wt = whiten(cand, targ, "cholesky")  # the features select() weighs on
     s = select("tarot", cand, targ, budget=40, weighting="potential", repeat=2.5)
